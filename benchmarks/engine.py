@@ -1,0 +1,130 @@
+"""Engine benchmark: the reference workload with tracing off, tracing on, and in backtrader.
+
+Reference workload: SMA 10/30 crossover (long/short, fixed 100 shares, next-open fills), one
+symbol, synthetic 1-minute bars. Ours runs N bars with tracing off and on in paired repeats (off,
+on, off, on, ...), so both see the same machine load; the overhead is the median of the per-pair
+ratios on/off - 1. backtrader runs the same strategy on the first M of the same bars. Data loading
+and generation are outside the timings for both.
+
+    python benchmarks/engine.py --bars 1000000 --peer-bars 100000 [--repeats 5] [--store DIR]
+
+Prints figures, then one JSON line with: bars_per_s_off, bars_per_s_on, overhead,
+backtrader_bars_per_s, ratio_vs_backtrader (and more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+
+import tradetrace as tt
+from tradetrace.engine import synthetic
+
+
+def reference_config(bars: int, traced: bool) -> dict:
+    return {
+        "name": "bench-engine",
+        "data": {"synthetic": {"bars": bars, "seed": 42, "freq": "1min"}},
+        "strategy": {"type": "sma_crossover", "params": {"fast": 10, "slow": 30}},
+        "sizing": {"type": "fixed", "quantity": 100},
+        "execution": {"fill": "next_open"},
+        "tracing": {"enabled": traced},
+    }
+
+
+def run_ours(md, bars: int, traced: bool, store_dir: str | None) -> tuple[float, tt.BacktestResult]:
+    gc.collect()  # garbage of earlier runs is collected here, outside the timing
+    recorder = None
+    if traced and store_dir is not None:
+        from tradetrace.store import EventStore
+
+        recorder = EventStore(store_dir).recorder()
+    t0 = time.perf_counter()
+    res = tt.run_backtest(reference_config(bars, traced), market=md, recorder=recorder)
+    return time.perf_counter() - t0, res
+
+
+def run_backtrader(md, bars: int) -> tuple[float, float]:
+    import backtrader as bt
+    import pandas as pd
+
+    n = min(bars, len(md))
+    df = pd.DataFrame({"open": md.open[:n], "high": md.high[:n], "low": md.low[:n], "close": md.close[:n],
+                       "volume": md.volume[:n]}, index=pd.to_datetime(md.ts[:n]))
+
+    class SmaCross(bt.Strategy):
+        def __init__(self):
+            self.cross = bt.ind.CrossOver(bt.ind.SMA(period=10), bt.ind.SMA(period=30))
+
+        def next(self):
+            if self.cross > 0:
+                self.order_target_size(target=100)
+            elif self.cross < 0:
+                self.order_target_size(target=-100)
+
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.adddata(bt.feeds.PandasData(dataname=df, timeframe=bt.TimeFrame.Minutes))
+    cerebro.addstrategy(SmaCross)
+    cerebro.broker.setcash(100_000.0)
+    t0 = time.perf_counter()
+    cerebro.run()
+    dt = time.perf_counter() - t0
+    return n / dt, cerebro.broker.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bars", type=int, default=1_000_000)
+    ap.add_argument("--peer-bars", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=5, help="paired off/on repeats")
+    ap.add_argument("--store", nargs="?", const="", default=None,
+                    help="persist traced runs to an event store (default: a temporary folder)")
+    args = ap.parse_args()
+
+    md, _ = synthetic.generate(args.bars, seed=42, freq="1min")
+    store_dir = None
+    tmp = None
+    if args.store is not None:
+        tmp = tempfile.TemporaryDirectory(prefix="tt-bench-")
+        store_dir = args.store or tmp.name
+    run_ours(md, min(args.bars, 50_000), True, None)  # warm-up (imports, caches)
+    offs, ons, ratios = [], [], []
+    res_on = None
+    for k in range(args.repeats):
+        res_on = None  # free the previous traced run's events before timing again
+        t_off, _ = run_ours(md, args.bars, False, None)
+        t_on, res_on = run_ours(md, args.bars, True, store_dir)
+        offs.append(t_off)
+        ons.append(t_on)
+        ratios.append(t_on / t_off - 1.0)
+        print(f"repeat {k + 1}: off {args.bars / t_off:,.0f} bars/s, on {args.bars / t_on:,.0f} bars/s, "
+              f"overhead {ratios[-1]:+.2%}", flush=True)
+    assert res_on is not None
+    bars_off = args.bars / statistics.median(offs)
+    bars_on = args.bars / statistics.median(ons)
+    overhead = statistics.median(ratios)
+    bt_rate, bt_value = run_backtrader(md, args.peer_bars)
+    print(f"tradetrace tracing off : {bars_off:,.0f} bars/s")
+    print(f"tradetrace tracing on  : {bars_on:,.0f} bars/s ({res_on.event_count:,} events per run"
+          + (", persisted to the event store" if store_dir else ", kept in memory") + ")")
+    print(f"tracing overhead       : {overhead:+.2%} (median of {args.repeats} paired repeats)")
+    print(f"backtrader             : {bt_rate:,.0f} bars/s on {min(args.peer_bars, args.bars):,} bars "
+          f"(final value {bt_value:,.2f})")
+    print(f"ratio vs backtrader    : {bars_on / bt_rate:.1f}x (tracing on)")
+    out = {
+        "bars": args.bars, "peer_bars": min(args.peer_bars, args.bars), "repeats": args.repeats,
+        "bars_per_s_off": round(bars_off), "bars_per_s_on": round(bars_on), "overhead": round(overhead, 4),
+        "backtrader_bars_per_s": round(bt_rate), "ratio_vs_backtrader": round(bars_on / bt_rate, 2),
+        "events_per_run": res_on.event_count, "store": store_dir is not None,
+    }
+    print(json.dumps(out))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

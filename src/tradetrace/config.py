@@ -1,0 +1,245 @@
+"""The run configuration: the public interface of tradetrace.
+
+A YAML file (or dict) with this shape; every key is documented in `examples/README.md`.
+
+```yaml
+name: spy-momentum
+data:
+  symbols: {SPY: ../shared/data/daily/SPY_1d_1998-2021_lean.csv}
+  # synthetic: {bars: 100000, seed: 7, freq: 1min, symbols: [SYN]}
+  aux: {VIX: ../shared/data/vix/VIX_1d_1990-2026_cboe.csv}
+strategy: {type: sma_crossover, params: {fast: 10, slow: 30}}
+portfolio: {initial_cash: 100000}
+sizing: {type: fixed, quantity: 100}
+execution: {fill: next_open, commission: {per_share: 0.0}, slippage_bps: 0}
+risk: {stop_loss_pct: null, take_profit_pct: null}
+tracing: {enabled: true}
+```
+
+Validation is strict (unknown keys, wrong types, unknown strategies are errors) and every error is
+one line naming the key and the value: `ConfigError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tradetrace import strategies
+
+
+class ConfigError(ValueError):
+    """A bad config; the message is one line naming the key and value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticData(_Strict):
+    bars: int = Field(100_000, ge=2, description="bars per symbol")
+    seed: int = 7
+    freq: Literal["1min", "5min", "15min", "30min", "1h", "1d"] = "1min"
+    symbols: list[str] = Field(default_factory=lambda: ["SYN"], min_length=1)
+    start: str = "2020-01-02"
+
+
+class DataConfig(_Strict):
+    symbols: dict[str, str] | None = Field(None, description="symbol -> CSV/Parquet file or folder of parts")
+    synthetic: SyntheticData | None = None
+    aux: dict[str, str] = Field(default_factory=dict, description="name -> file of an auxiliary series (VIX)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.symbols is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of data.symbols and data.synthetic")
+        if self.symbols is not None and not self.symbols:
+            raise ValueError("data.symbols is empty")
+        return self
+
+
+class StrategyConfig(_Strict):
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PortfolioConfig(_Strict):
+    initial_cash: float = Field(100_000.0, gt=0)
+    allow_short: bool = True
+    close_at_end: bool = Field(False, description="close open positions at the last bar's close")
+
+
+class SizingConfig(_Strict):
+    type: Literal["fixed", "percent_equity"] = "fixed"
+    quantity: float = Field(100.0, gt=0, description="shares per position (fixed)")
+    percent: float = Field(10.0, gt=0, le=1000, description="percent of equity per position")
+    fractional: bool = Field(False, description="allow fractional quantities")
+
+
+class CommissionConfig(_Strict):
+    per_share: float = Field(0.0, ge=0)
+    per_order: float = Field(0.0, ge=0)
+    bps: float = Field(0.0, ge=0, description="basis points of traded notional")
+    minimum: float = Field(0.0, ge=0, description="minimum per order (when any commission applies)")
+
+
+class ExecutionConfig(_Strict):
+    fill: Literal["next_open", "close"] = "next_open"
+    commission: CommissionConfig = Field(default_factory=CommissionConfig)
+    slippage_bps: float = Field(0.0, ge=0)
+
+
+class RiskConfig(_Strict):
+    stop_loss_pct: float | None = Field(None, gt=0, lt=100)
+    take_profit_pct: float | None = Field(None, gt=0)
+    max_position: float | None = Field(None, gt=0, description="max absolute quantity per symbol")
+    max_gross_exposure: float | None = Field(None, gt=0, description="max gross exposure / equity")
+
+
+class ClassifierConfig(_Strict):
+    type: Literal["volatility", "trend", "vix"]
+    name: str | None = None
+    window: int = Field(20, ge=2)
+    lookback: int = Field(252, ge=10, description="bars of history for percentile bands (volatility)")
+    threshold: float = Field(1.0, gt=0, description="trend: normalized distance from the MA")
+    series: str = Field("VIX", description="vix: auxiliary series name")
+    bands: tuple[float, float] = Field((15.0, 25.0), description="vix: level bands")
+    hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to leave a band")
+    min_dwell: int = Field(3, ge=1, description="bars a new reading must hold to become a regime")
+
+
+class TracingConfig(_Strict):
+    enabled: bool = True
+    bar_clock_every: int = Field(16, ge=1, description="measure BAR clocks on every k-th bar")
+    chunk_bars: int = Field(65_536, ge=1, description="bars per recorder batch")
+
+
+class SamplingConfig(_Strict):
+    """Intelligent sampling of the event store (opt-in): critical events and their context are kept."""
+
+    enabled: bool = False
+    context: int = Field(5, ge=0, description="keep +-k events around every critical event")
+    base_rate: float = Field(0.05, gt=0, le=1, description="keep probability for a quiet BAR")
+    seed: int = 0
+
+
+class StoreConfig(_Strict):
+    """The Parquet event store (issue 3). Defaults: `$TRADETRACE_EVENTS` or ./tradetrace-data/events."""
+
+    enabled: bool = Field(True, description="persist traced events (tracing must be on)")
+    path: str | None = None
+    compression: Literal["zstd", "snappy"] = "zstd"
+    durability_events: int = Field(65_536, ge=1, description="flush a segment at least every N events")
+    durability_ms: int = Field(1_000, ge=1, description="... and at least every N milliseconds")
+    queue_batches: int = Field(8, ge=1, description="bounded queue between bus and writer (batches)")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class DatabaseConfig(_Strict):
+    """The analytics database (issue 4). Defaults: `$TRADETRACE_DB` or ./tradetrace-data/analytics.duckdb."""
+
+    enabled: bool = Field(True, description="write run metrics and trades at the end of the run")
+    url: str | None = None
+
+
+class MetricsConfig(_Strict):
+    periods_per_year: float | None = Field(None, gt=0, description="override the inferred annualization")
+    risk_free: float = 0.0
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    data: DataConfig
+    strategy: StrategyConfig
+    portfolio: PortfolioConfig = Field(default_factory=PortfolioConfig)
+    sizing: SizingConfig = Field(default_factory=SizingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    classifiers: list[ClassifierConfig] = Field(default_factory=list)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    base_dir: str | None = Field(None, description="fallback folder for relative data paths (the YAML's folder)")
+
+    def resolve(self, path: str) -> Path:
+        """A data path: as given when it exists from the working directory, else from the YAML's folder."""
+        p = Path(path)
+        if not p.is_absolute() and not p.exists() and self.base_dir:
+            alt = Path(self.base_dir) / p
+            if alt.exists():
+                return alt
+        return p
+
+    def strategy_class(self) -> type[strategies.Strategy]:
+        return strategies.get(self.strategy.type)
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(x) for x in loc) or "(root)"
+
+
+def _one_line(err: ValidationError, source: str, data: dict[str, Any]) -> str:
+    e = err.errors()[0]
+    loc = _loc(e["loc"])
+    value = e.get("input")
+    if e["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}' (value {value!r})"
+    if e["type"] == "missing":
+        return f"{source}: missing key '{loc}'"
+    msg = e["msg"].replace("Value error, ", "")
+    if isinstance(value, dict):
+        return f"{source}: '{loc}': {msg}"
+    return f"{source}: '{loc}' value {value!r}: {msg}"
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config dict, including the strategy's own params; raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source, data)) from None
+    try:
+        cls = cfg.strategy_class()
+    except KeyError as exc:
+        raise ConfigError(f"{source}: 'strategy.type' value {cfg.strategy.type!r}: {exc.args[0]}") from None
+    try:
+        cls.Params(**cfg.strategy.params)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = "strategy.params" + ("." + _loc(e["loc"]) if e["loc"] else "")
+        msg = e["msg"].replace("Value error, ", "")
+        if e["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown key '{loc}' (value {e.get('input')!r}) for strategy "
+                              f"{cfg.strategy.type!r}") from None
+        raise ConfigError(f"{source}: '{loc}' value {e.get('input')!r}: {msg}") from None
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config; relative data paths resolve against the YAML's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if isinstance(data, dict):
+        data.setdefault("base_dir", str(path.parent.resolve()))
+    return parse_config(data, str(path))
+
+
+def as_config(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return parse_config(config)
+    return load_config(config)

@@ -1,0 +1,223 @@
+"""The run coordinator: builds the containers, gives the run its id, runs the bars, ends the run.
+
+Data flow of one bar (read top to bottom; every arrow is an event on the TracedEventBus):
+
+    DataFeed rows ──BAR──> ExecutionSimulator (fills orders pending from the last bar: FILL)
+                     ├───> RiskManager (stops: RISK_BREACH -> exit ORDER -> FILL)
+                     ├───> ClassifierSet (CLASSIFICATION, REGIME_CHANGE)
+                     └───> Strategy.next (SIGNAL)
+    SIGNAL ──> Portfolio (sizing, risk limits) ──ORDER──> ExecutionSimulator (pending until next open)
+    FILL   ──> Portfolio ──> POSITION_OPEN / POSITION_CLOSE (realized P&L) + PORTFOLIO_UPDATE
+
+A failure in any handler ends the run: an ERROR event caused by the event being handled is
+published, everything recorded so far is flushed, the run is marked failed, and `RunFailed` is
+raised with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tradetrace.analytics.metrics import compute_metrics
+from tradetrace.config import RunConfig, as_config
+from tradetrace.engine import synthetic
+from tradetrace.engine.classifiers import ClassifierSet
+from tradetrace.engine.costs import BpsSlippage, Commission, make_sizer
+from tradetrace.engine.data import MarketData, load_market
+from tradetrace.engine.execution import ExecutionSimulator
+from tradetrace.engine.portfolio import Portfolio, PortfolioView
+from tradetrace.engine.result import BacktestResult
+from tradetrace.engine.risk import RiskManager
+from tradetrace.events.bus import TracedEventBus
+from tradetrace.events.event import NO_CAUSE, make_event_id
+from tradetrace.events.recorder import MemoryRecorder, Recorder, RunInfo, RunTotals
+from tradetrace.events.types import EventType
+from tradetrace.strategies.base import Strategy
+
+Progress = Callable[[int, int], None]
+
+
+class RunFailed(RuntimeError):
+    """A run ended on an error; `result` holds what was computed and recorded up to it."""
+
+    def __init__(self, message: str, result: BacktestResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def load_data(cfg: RunConfig) -> MarketData:
+    """The market data a config asks for (files or the synthetic generator)."""
+    d = cfg.data
+    if d.synthetic is not None:
+        s = d.synthetic
+        md, _truth = synthetic.generate(s.bars, s.seed, s.freq, s.symbols, s.start)
+        if d.aux:
+            from tradetrace.engine.data import asof, load_series
+
+            for name, path in d.aux.items():
+                a = load_series(cfg.resolve(path))
+                md.aux[name] = asof(md.ts, md.daily, a.ts, a.close, a.daily)
+        return md
+    return load_market({k: cfg.resolve(v) for k, v in d.symbols.items()},
+                       {k: cfg.resolve(v) for k, v in d.aux.items()})
+
+
+def _failing_container(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    found = "engine"
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        name = getattr(type(obj), "container", None) if obj is not None else None
+        if isinstance(name, str):
+            found = name
+        tb = tb.tb_next
+    return found
+
+
+def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData | None = None,
+                 strategy: Strategy | None = None, recorder: Recorder | None = None,
+                 correlation_id: str | None = None, sweep_id: str | None = None,
+                 progress: Progress | None = None) -> BacktestResult:
+    """Run one traced backtest.
+
+    `config` is a RunConfig, a dict or a YAML path. `market` skips loading data (sweeps share it);
+    `strategy` supplies a strategy instance (for strategies not in the registry); `recorder`
+    receives the traced events (default: kept in memory on the result).
+    """
+    cfg = as_config(config)
+    md = market if market is not None else load_data(cfg)
+    run_id = correlation_id or str(uuid.uuid4())  # once per run, not per event
+    traced = cfg.tracing.enabled
+    if traced and recorder is None:
+        recorder = MemoryRecorder()
+    bus = TracedEventBus(run_id, traced=traced, recorder=recorder if traced else None,
+                         bar_clock_every=cfg.tracing.bar_clock_every)
+    strat = strategy if strategy is not None else cfg.strategy_class()(cfg.strategy.params)
+
+    # Containers, in bar-handler order (see module docstring).
+    execution = ExecutionSimulator(bus, md, Commission.from_config(cfg.execution.commission),
+                                   BpsSlippage(cfg.execution.slippage_bps), cfg.execution.fill)
+    risk = RiskManager(bus, md, cfg.risk)
+    classifiers = ClassifierSet(bus, md, cfg.classifiers) if cfg.classifiers else None
+    portfolio = Portfolio(bus, md, cfg.portfolio, make_sizer(cfg.sizing), risk, classifiers)
+    risk.portfolio = portfolio
+    strat.bind(bus, md, PortfolioView(portfolio))
+    strat.init()
+    bus.subscribe_bars(execution.on_bar)
+    if risk.watches_bars:
+        bus.subscribe_bars(risk.on_bar)
+    if classifiers is not None:
+        bus.subscribe_bars(classifiers.on_bar)
+    bus.subscribe_bars(strat.next)
+
+    params = strat.p.model_dump(mode="json")
+    info = RunInfo(run_id, cfg.name, strat.name or type(strat).__name__, params, sweep_id,
+                   cfg.model_dump(mode="json"), bus.anchor_wall_ns)
+    if recorder is not None and traced:
+        recorder.begin(info, md)
+
+    n = len(md)
+    chunk = cfg.tracing.chunk_bars
+    started = time.perf_counter()
+    status, error, failure = "completed", None, None
+    rows_done = 0
+    bus.publish_start("engine", (cfg.name, info.strategy, json.dumps(params, sort_keys=True),
+                                 ",".join(md.symbols)))
+    # GC policy (the same traced or not): the cyclic collector is paused while bars run and what
+    # exists is frozen at each chunk boundary. Recorded events are long-lived and hold no cycles;
+    # with the collector on, every collection rescans them (measured: +0.7 us per recorded event,
+    # more than the tracing itself). Refcounting still frees everything; cycles made by user code
+    # are collected when the run ends.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    gc.freeze()
+    try:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            bus.run_bars(start, stop)
+            rows_done = stop
+            bus.flush(rows_done)
+            gc.freeze()
+            if progress is not None:
+                progress(rows_done, n)
+        _end_of_data(bus, portfolio, execution, md, cfg.portfolio.close_at_end)
+    except BaseException as exc:  # every failure, Ctrl-C included, must end the run with its reason
+        failure = exc
+        status = "failed"
+        cur = bus.current
+        container = _failing_container(exc)
+        cause = cur.seq if cur is not None else ~max(bus.current_row, 0)
+        where = (f"{EventType(cur.type).name} {make_event_id(run_id, cur.seq)}" if cur is not None
+                 else f"BAR of row {bus.current_row}")
+        error = f"{type(exc).__name__} in {container} while handling {where}: {exc}"
+        bus.settle()  # events published but never dispatched stay recorded; nothing more runs
+        bus.publish(EventType.ERROR, "engine",
+                    (type(exc).__name__, str(exc), container, "".join(traceback.format_exception(exc))),
+                    cause=cause)
+        bus.settle()
+        rows_done = max(bus.current_row + 1, rows_done)
+    end = bus.publish(EventType.RUN_END, "engine", (status, error or "", bus.published + 1), cause=NO_CAUSE)
+    if failure is None:
+        bus.drain()
+    else:
+        bus.settle()
+    bus.flush(rows_done)
+    gc.unfreeze()
+    if gc_was_enabled:
+        gc.enable()
+    elapsed = time.perf_counter() - started
+    counts = bus.counts
+    if recorder is not None and traced:
+        recorder.end(RunTotals(status, error, end.seq + 1, counts))
+
+    times, equity, gross = portfolio.equity_curve()
+    ppy = cfg.metrics.periods_per_year or md.periods_per_year()
+    metrics = compute_metrics(equity, gross, cfg.portfolio.initial_cash, [t["pnl"] for t in portfolio.closed],
+                              ppy, cfg.metrics.risk_free)
+    metrics["total_commission"] = portfolio.commission_paid
+    metrics["total_slippage"] = portfolio.slippage_paid
+    if portfolio.closed:
+        metrics["avg_bars_held"] = float(np.mean([t["bars_held"] for t in portfolio.closed]))
+    result = BacktestResult(
+        run_id=run_id, name=cfg.name, status=status, strategy=info.strategy, params=params, metrics=metrics,
+        final_equity=float(equity[-1]) if len(equity) else cfg.portfolio.initial_cash,
+        initial_cash=cfg.portfolio.initial_cash,
+        equity=pd.Series(equity, index=pd.to_datetime(times, utc=True), name="equity"),
+        closed_trades=portfolio.closed, open_positions=portfolio.open_positions(),
+        event_count=end.seq + 1, counts=counts, elapsed_s=elapsed, bars=rows_done, error=error,
+        sweep_id=sweep_id, recorder=recorder if traced else None,
+    )
+    if failure is not None:
+        if isinstance(failure, KeyboardInterrupt | SystemExit):
+            raise failure
+        raise RunFailed(f"run {run_id} failed: {error}", result) from failure
+    return result
+
+
+def _end_of_data(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionSimulator, md: MarketData,
+                 close_at_end: bool) -> None:
+    """After the last bar: optionally flatten at the last close; cancel orders that cannot fill."""
+    last = len(md) - 1
+    if close_at_end:
+        for s, q in enumerate(portfolio.pos):
+            if q:
+                price = portfolio.last_price(s, last)
+                bus.publish(EventType.RISK_BREACH, "portfolio",
+                            ("end_of_data", md.symbols[s], "close", abs(q), 0.0, price, "close_at_end"),
+                            cause=~last)
+                bus.drain()
+    dropped = execution.cancel_all()
+    if dropped:
+        bus.publish(EventType.RISK_BREACH, "execution",
+                    ("end_of_data", "*", "cancel", float(dropped), 0.0, float("nan"),
+                     f"{dropped} order(s) had no later bar to fill"), cause=~last)
+        bus.drain()

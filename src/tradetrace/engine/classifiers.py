@@ -1,0 +1,171 @@
+"""Classifiers: label market state causally and announce changes.
+
+Each classifier turns a causal reading (realized-volatility percentile, normalized trend distance,
+VIX level) into one of three labels with hysteresis (a reading must clear a band edge by a relative
+margin to leave its band) and a minimum dwell (a new label must hold for `min_dwell` bars before it
+becomes the regime). A CLASSIFICATION event says the reading changed band; a REGIME_CHANGE event
+says the regime changed. Both are published at the bar where they become known: nothing is dated
+back, so there is no look-ahead.
+
+Readings and labels are computed once over the series (vectorized readings, one sequential pass for
+hysteresis and dwell, which is inherently path-dependent); during the run the classifier container
+only publishes at the rows where something changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tradetrace.config import ClassifierConfig
+from tradetrace.engine.data import MarketData
+from tradetrace.events.bus import TracedEventBus
+from tradetrace.events.types import EventType
+from tradetrace.strategies import indicators as ind
+
+LABELS = {
+    "volatility": ("low", "normal", "high"),
+    "trend": ("down", "flat", "up"),
+    "vix": ("low", "normal", "high"),
+}
+
+
+def hysteresis_labels(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, margin: float,
+                      min_dwell: int) -> tuple[np.ndarray, np.ndarray]:
+    """Band readings (0/1/2 or -1 unknown) and confirmed regimes, both causal.
+
+    The reading leaves its current band only when the value clears the band edge by `margin`
+    (relative); the regime takes a new reading only after it has held for `min_dwell` bars.
+    """
+    n = len(value)
+    reading = np.full(n, -1, dtype=np.int8)
+    regime = np.full(n, -1, dtype=np.int8)
+    r = -1
+    g = -1
+    run = 0
+    vals, los, ups = value.tolist(), lower.tolist(), upper.tolist()
+    for i in range(n):
+        v, lo, up = vals[i], los[i], ups[i]
+        if v != v or lo != lo or up != up:
+            reading[i] = r
+            regime[i] = g
+            continue
+        if r == -1:
+            new = 0 if v < lo else (2 if v > up else 1)
+        elif r == 2:
+            new = 2 if v >= up * (1 - margin) else (0 if v < lo * (1 - margin) else 1)
+        elif r == 0:
+            new = 0 if v <= lo * (1 + margin) else (2 if v > up * (1 + margin) else 1)
+        else:
+            new = 2 if v > up * (1 + margin) else (0 if v < lo * (1 - margin) else 1)
+        if new == r:
+            run += 1
+        else:
+            r = new
+            run = 1
+        if g == -1 or (r != g and run >= min_dwell):
+            g = r
+        reading[i] = r
+        regime[i] = g
+    return reading, regime
+
+
+def _reading(cfg: ClassifierConfig, md: MarketData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, lower band, upper band) for one symbol's rows."""
+    close = md.close[rows]
+    if cfg.type == "volatility":
+        vol = ind.rolling_std(ind.log_returns(close), cfg.window)
+        s = pd.Series(vol)
+        roll = s.rolling(cfg.lookback, min_periods=cfg.lookback)
+        return vol, roll.quantile(1 / 3).to_numpy(), roll.quantile(2 / 3).to_numpy()
+    if cfg.type == "trend":
+        m = ind.sma(close, cfg.window)
+        vol = ind.rolling_std(ind.log_returns(close), cfg.window) * np.sqrt(cfg.window)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = (close / m - 1.0) / vol
+        value[~np.isfinite(value)] = np.nan
+        # Bands around zero: shift so that relative hysteresis margins stay meaningful.
+        shift = 10.0 * cfg.threshold
+        return value + shift, np.full(len(rows), shift - cfg.threshold), np.full(len(rows), shift + cfg.threshold)
+    if cfg.series not in md.aux:
+        raise ValueError(f"classifier vix: auxiliary series {cfg.series!r} not loaded "
+                         f"(data.aux has: {', '.join(md.aux) or 'nothing'})")
+    v = md.aux[cfg.series][rows]
+    lo, up = cfg.bands
+    return v, np.full(len(rows), lo), np.full(len(rows), up)
+
+
+class Classifier:
+    """One configured classifier over every symbol."""
+
+    def __init__(self, cfg: ClassifierConfig, md: MarketData) -> None:
+        self.cfg = cfg
+        self.name = cfg.name or cfg.type
+        self.labels = LABELS[cfg.type]
+        n = len(md)
+        self.reading = np.full(n, -1, dtype=np.int8)
+        self.regime = np.full(n, -1, dtype=np.int8)
+        self.value = np.full(n, np.nan)
+        for s in range(len(md.symbols)):
+            rows = md.rows_of(s)
+            value, lo, up = _reading(cfg, md, rows)
+            rd, rg = hysteresis_labels(value, lo, up, cfg.hysteresis, cfg.min_dwell)
+            self.reading[rows] = rd
+            self.regime[rows] = rg
+            self.value[rows] = value - (10.0 * cfg.threshold if cfg.type == "trend" else 0.0)
+
+
+class ClassifierSet:
+    """The classifier container: publishes CLASSIFICATION / REGIME_CHANGE where labels change."""
+
+    container = "classifier"
+
+    def __init__(self, bus: TracedEventBus, md: MarketData, cfgs: list[ClassifierConfig]) -> None:
+        self.bus = bus
+        self.md = md
+        self.items = [Classifier(c, md) for c in cfgs]
+        names = [c.name for c in self.items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"classifier names must be unique, got {names}; set `name:` on each")
+        self.current: list[dict[str, str]] = [{} for _ in md.symbols]
+        sym = md.symbol_idx
+        events: list[tuple[int, int, int]] = []  # row, classifier index, kind (0 reading, 1 regime)
+        for k, c in enumerate(self.items):
+            for kind, arr in ((0, c.reading), (1, c.regime)):
+                for s in range(len(md.symbols)):
+                    rows = np.flatnonzero(sym == s)
+                    a = arr[rows]
+                    changed = np.flatnonzero((a[1:] != a[:-1]) & (a[1:] >= 0)) + 1
+                    if len(a) and a[0] >= 0:
+                        changed = np.concatenate([[0], changed])
+                    events.extend((int(rows[j]), k, kind) for j in changed)
+        events.sort()
+        self._events = events
+        self._pos = 0
+        self._next = events[0][0] if events else -1
+
+    def on_bar(self, i: int) -> None:
+        if i != self._next:
+            return
+        ev = self._events
+        md = self.md
+        while self._pos < len(ev) and ev[self._pos][0] == i:
+            _, k, kind = ev[self._pos]
+            self._pos += 1
+            c = self.items[k]
+            s = int(md.symbol_idx[i])
+            sym = md.symbols[s]
+            if kind == 0:
+                self.bus.publish(EventType.CLASSIFICATION, self.container,
+                                 (c.name, sym, c.labels[c.reading[i]], float(c.value[i])))
+            else:
+                old = self.current[s].get(c.name, "")
+                new = c.labels[c.regime[i]]
+                self.current[s][c.name] = new
+                self.bus.publish(EventType.REGIME_CHANGE, self.container,
+                                 (c.name, sym, old, new, float(c.value[i])))
+        self._next = ev[self._pos][0] if self._pos < len(ev) else -1
+
+    def labels_for(self, s: int) -> dict[str, str]:
+        """Current confirmed regimes of symbol s (as announced so far)."""
+        return dict(self.current[s])

@@ -1,0 +1,293 @@
+"""Market data: loading, validation, alignment of several symbols, auxiliary series.
+
+`MarketData` is columnar: one row per (time, symbol) bar, sorted by time then symbol order, with
+numpy arrays for vectorized work (indicators, equity curve, event tables) and Python lists for the
+per-bar hot path (indexing a list is several times faster than indexing a numpy array from Python).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+NS_PER_DAY = 86_400_000_000_000
+_TIME_COLUMNS = ("timestamp", "datetime", "date", "time")
+_PRICE_COLUMNS = ("open", "high", "low", "close")
+
+
+class DataError(ValueError):
+    """Bad market data: the message is one line naming file, row, field and value."""
+
+
+class DataWarning(UserWarning):
+    """Data that is odd but known to come like that from its publisher."""
+
+
+@dataclass(slots=True)
+class Series:
+    """One symbol's bars as loaded from its file(s)."""
+
+    ts: np.ndarray  # int64 ns UTC
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    daily: bool  # timestamps are dates (no time of day)
+    source: str
+
+
+@dataclass
+class MarketData:
+    """Bars of one or more symbols aligned by time, plus auxiliary series aligned causally."""
+
+    symbols: list[str]
+    ts: np.ndarray  # int64 ns UTC, one per row
+    symbol_idx: np.ndarray  # int32 index into symbols, one per row
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    daily: bool
+    aux: dict[str, np.ndarray] = field(default_factory=dict)  # row-aligned, NaN before first value
+    sources: dict[str, str] = field(default_factory=dict)
+    _lists: dict[str, list] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def as_list(self, name: str) -> list:
+        """A column as a Python list, cached: what hot-path code indexes per bar."""
+        lst = self._lists.get(name)
+        if lst is None:
+            arr = self.aux[name] if name in self.aux else getattr(self, name)
+            lst = self._lists[name] = arr.tolist()
+        return lst
+
+    def rows_of(self, symbol: int) -> np.ndarray:
+        """Row indices of one symbol, in time order."""
+        return np.flatnonzero(self.symbol_idx == symbol)
+
+    def periods_per_year(self) -> float:
+        """Bars per year per symbol, for annualizing: 252 for daily data, observed otherwise."""
+        if self.daily:
+            return 252.0
+        rows = self.rows_of(0)
+        if len(rows) < 2:
+            return 252.0
+        t = self.ts[rows]
+        days = np.unique(t // NS_PER_DAY)
+        bars_per_day = len(rows) / len(days)
+        # Trading days per year: 252 for data that skips weekends, 365 for 24/7 data.
+        weekdays = ((days + 3) % 7) < 5  # 1970-01-01 was a Thursday
+        per_year = 252.0 if weekdays.all() else 365.0
+        return bars_per_day * per_year
+
+
+def _read_table(path: Path) -> pa.Table:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return pq.read_table(path)
+    try:
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path}: cannot parse CSV: {str(exc).splitlines()[0]}") from None
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".parquet", ".pq"))
+        if not files:
+            raise DataError(f"{path}: folder has no .csv or .parquet files")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    return [path]
+
+
+def _column(table: pa.Table, path: Path, name: str, required: bool = True) -> pa.ChunkedArray | None:
+    lower = {c.lower().strip(): c for c in table.column_names}
+    if name in lower:
+        return table.column(lower[name])
+    if required:
+        raise DataError(f"{path}: missing column '{name}' (columns: {', '.join(table.column_names)})")
+    return None
+
+
+def _timestamps(col: pa.ChunkedArray, path: Path) -> tuple[np.ndarray, bool]:
+    """Timestamps as int64 ns UTC, and whether they are plain dates."""
+    typ = col.type
+    if pa.types.is_date(typ):
+        return col.cast(pa.timestamp("ns")).to_numpy().astype(np.int64), True
+    if pa.types.is_timestamp(typ):
+        arr = col if typ.tz is None else col.cast(pa.timestamp("ns", tz="UTC"))
+        ns = arr.cast(pa.timestamp("ns", tz=arr.type.tz)).to_numpy().astype("datetime64[ns]")
+        vals = ns.astype(np.int64)
+        return vals, bool(np.all(vals % NS_PER_DAY == 0))
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        strings = col.to_pylist()
+        for i, s in enumerate(strings):
+            if s is None:
+                raise DataError(f"{path}: row {i + 2}: field 'timestamp' is empty")
+        try:
+            parsed = pc.strptime(col, format="%Y-%m-%d", unit="ns", error_is_null=True)
+            if parsed.null_count == 0:
+                return parsed.to_numpy().astype(np.int64), True
+            import pandas as pd
+
+            idx = pd.to_datetime(pd.Series(strings), utc=True, format="ISO8601")
+            return idx.to_numpy().astype("datetime64[ns]").astype(np.int64), False
+        except (ValueError, TypeError) as exc:
+            bad = next((s for s in strings if not _parses(s)), strings[0])
+            raise DataError(f"{path}: field 'timestamp' value {bad!r} is not a date/time: {exc}") from None
+    if pa.types.is_integer(typ):
+        raise DataError(f"{path}: field 'timestamp' is an integer column; expected ISO dates/times")
+    raise DataError(f"{path}: field 'timestamp' has unsupported type {typ}")
+
+
+def _parses(s: str) -> bool:
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _floats(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    try:
+        return col.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = col.to_pylist()
+        for i, v in enumerate(values):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: row {i + 2}: field '{name}' value {v!r} is not a number") from None
+        raise
+
+
+def load_series(path: str | Path, *, warn_open_outside: bool = True) -> Series:
+    """Load one symbol from a CSV/Parquet file or a folder of parts (read in file-name order)."""
+    path = Path(path)
+    tables = []
+    for f in _files(path):
+        tables.append((f, _read_table(f)))
+    parts: list[Series] = []
+    for f, t in tables:
+        parts.append(_series_from_table(t, f, warn_open_outside))
+    if len(parts) == 1:
+        return parts[0]
+    daily = all(p.daily for p in parts)
+    s = Series(*(np.concatenate([getattr(p, k) for p in parts]) for k in
+                 ("ts", "open", "high", "low", "close", "volume")), daily=daily, source=str(path))
+    bad = np.flatnonzero(np.diff(s.ts) <= 0)
+    if len(bad):
+        raise DataError(f"{path}: parts overlap or are out of order at "
+                        f"{np.datetime64(int(s.ts[bad[0] + 1]), 'ns')}")
+    return s
+
+
+def _series_from_table(t: pa.Table, path: Path, warn_open_outside: bool) -> Series:
+    tcol = None
+    for name in _TIME_COLUMNS:
+        tcol = _column(t, path, name, required=False)
+        if tcol is not None:
+            break
+    if tcol is None:
+        raise DataError(f"{path}: missing column 'date' or 'timestamp' (columns: {', '.join(t.column_names)})")
+    ts, daily = _timestamps(tcol, path)
+    cols = {n: _floats(_column(t, path, n), path, n) for n in _PRICE_COLUMNS}
+    vcol = _column(t, path, "volume", required=False)
+    volume = _floats(vcol, path, "volume") if vcol is not None else np.zeros(len(ts))
+    validate(path, ts, cols["open"], cols["high"], cols["low"], cols["close"], volume, warn_open_outside)
+    return Series(ts, cols["open"], cols["high"], cols["low"], cols["close"], volume, daily, str(path))
+
+
+def validate(path: Path | str, ts: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
+             v: np.ndarray, warn_open_outside: bool = True) -> None:
+    """Reject what no backtest should run on; warn on publisher quirks. Rows are file line numbers."""
+    if len(ts) == 0:
+        raise DataError(f"{path}: no rows")
+    for name, arr in (("open", o), ("high", h), ("low", lo), ("close", c)):
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if len(bad):
+            raise DataError(f"{path}: row {bad[0] + 2}: field '{name}' value {arr[bad[0]]} is not a number")
+        bad = np.flatnonzero(arr <= 0)
+        if len(bad):
+            raise DataError(f"{path}: row {bad[0] + 2}: field '{name}' value {arr[bad[0]]} is not positive")
+    bad = np.flatnonzero(~np.isfinite(v) | (v < 0))
+    if len(bad):
+        raise DataError(f"{path}: row {bad[0] + 2}: field 'volume' value {v[bad[0]]} is negative or not a number")
+    bad = np.flatnonzero(h < lo)
+    if len(bad):
+        r = bad[0]
+        raise DataError(f"{path}: row {r + 2}: field 'high' value {h[r]} is below low {lo[r]}")
+    d = np.diff(ts)
+    bad = np.flatnonzero(d <= 0)
+    if len(bad):
+        r = bad[0] + 1
+        what = "duplicate" if d[bad[0]] == 0 else "out of order"
+        raise DataError(f"{path}: row {r + 2}: field 'timestamp' value "
+                        f"{np.datetime64(int(ts[r]), 'ns')} is {what}")
+    outside = np.flatnonzero((o > h) | (o < lo) | (c > h) | (c < lo))
+    if len(outside) and warn_open_outside:
+        r = outside[0]
+        warnings.warn(f"{path}: {len(outside)} rows have open/close outside high/low "
+                      f"(first: row {r + 2}, open {o[r]}, high {h[r]}, low {lo[r]}); kept as published",
+                      DataWarning, stacklevel=3)
+
+
+def align(series: dict[str, Series], aux: dict[str, Series] | None = None) -> MarketData:
+    """Merge symbols into one time-sorted row stream; attach auxiliary series causally.
+
+    Every symbol keeps all its own bars (no forward fill): a timestamp where one symbol has no bar
+    simply has fewer rows. Auxiliary series are joined as-of: a row sees the last auxiliary value
+    known at its time. A daily auxiliary value joined to intraday bars becomes known only the next
+    day (its close is not known during the session), which keeps it free of look-ahead.
+    """
+    if not series:
+        raise DataError("no symbols to load")
+    names = list(series)
+    ts = np.concatenate([series[n].ts for n in names])
+    sym = np.concatenate([np.full(len(series[n].ts), i, dtype=np.int32) for i, n in enumerate(names)])
+    order = np.lexsort((sym, ts))
+    md = MarketData(
+        symbols=names,
+        ts=ts[order],
+        symbol_idx=sym[order],
+        open=np.concatenate([series[n].open for n in names])[order],
+        high=np.concatenate([series[n].high for n in names])[order],
+        low=np.concatenate([series[n].low for n in names])[order],
+        close=np.concatenate([series[n].close for n in names])[order],
+        volume=np.concatenate([series[n].volume for n in names])[order],
+        daily=all(series[n].daily for n in names),
+        sources={n: series[n].source for n in names},
+    )
+    for name, s in (aux or {}).items():
+        md.aux[name] = asof(md.ts, md.daily, s.ts, s.close, s.daily)
+        md.sources[name] = s.source
+    return md
+
+
+def asof(ts: np.ndarray, daily: bool, aux_ts: np.ndarray, aux_values: np.ndarray, aux_daily: bool) -> np.ndarray:
+    """Last auxiliary value known at each of `ts` (NaN before the first)."""
+    known_at = aux_ts + NS_PER_DAY if (aux_daily and not daily) else aux_ts
+    pos = np.searchsorted(known_at, ts, side="right") - 1
+    out = np.where(pos >= 0, aux_values[np.clip(pos, 0, None)], np.nan)
+    return out.astype(np.float64)
+
+
+def load_market(symbols: dict[str, str | Path], aux: dict[str, str | Path] | None = None) -> MarketData:
+    """Load and align the files of a config's `data.symbols` and `data.aux`."""
+    series = {name: load_series(p) for name, p in symbols.items()}
+    aux_series = {name: load_series(p) for name, p in (aux or {}).items()}
+    return align(series, aux_series)

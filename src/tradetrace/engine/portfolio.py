@@ -1,0 +1,272 @@
+"""Portfolio: where a SIGNAL becomes an ORDER, and a FILL becomes positions, cash, trades and P&L.
+
+On SIGNAL: the target (direction x size from the sizer) minus what is held and in flight is the
+order; risk limits may cut it. On FILL: cash and position move; a fill that reduces a position
+closes (part of) the open trade with a POSITION_CLOSE carrying realized P&L net of both legs'
+commission; a fill that adds or reverses opens a trade with POSITION_OPEN. Every fill ends with a
+PORTFOLIO_UPDATE. The equity curve is not marked per bar: it is rebuilt from the fills in one
+vectorized pass after the run (`equity_curve`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tradetrace.config import PortfolioConfig
+from tradetrace.engine.costs import Sizer
+from tradetrace.engine.data import MarketData
+from tradetrace.engine.risk import RiskManager
+from tradetrace.events.bus import TracedEventBus
+from tradetrace.events.event import Event
+from tradetrace.events.types import EventType
+
+_ORDER = EventType.ORDER
+_OPEN = EventType.POSITION_OPEN
+_CLOSE = EventType.POSITION_CLOSE
+_UPDATE = EventType.PORTFOLIO_UPDATE
+_NAN = float("nan")
+
+
+@dataclass(slots=True)
+class OpenTrade:
+    trade_id: int
+    symbol: str
+    side: int
+    quantity: float
+    entry_price: float
+    entry_commission: float
+    entry_row: int
+    entry_fill_seq: int
+    entry_order_seq: int
+    entry_signal_seq: int | None
+    entry_regimes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class OrderInfo:
+    seq: int
+    signal_seq: int | None
+    reason: str
+
+
+class PortfolioView:
+    """Read-only view strategies may consult (position, cash); they still act only by SIGNALs."""
+
+    def __init__(self, portfolio: Portfolio) -> None:
+        self._p = portfolio
+
+    def position(self, symbol: int | str) -> float:
+        p = self._p
+        s = symbol if isinstance(symbol, int) else p.market.symbols.index(symbol)
+        return p.pos[s]
+
+    @property
+    def cash(self) -> float:
+        return self._p.cash
+
+    def equity(self) -> float:
+        return self._p.equity_at(self._p.bus.current_row)
+
+
+class Portfolio:
+    container = "portfolio"
+
+    def __init__(self, bus: TracedEventBus, market: MarketData, cfg: PortfolioConfig, sizer: Sizer,
+                 risk: RiskManager, regimes: object | None = None) -> None:
+        self.bus = bus
+        self.market = market
+        self.cfg = cfg
+        self.sizer = sizer
+        self.risk = risk
+        self.regimes = regimes  # ClassifierSet or None: labels recorded on trades
+        n = len(market.symbols)
+        self.cash = cfg.initial_cash
+        self.pos = [0.0] * n
+        self.in_flight = [0.0] * n
+        self.open_trades: dict[int, OpenTrade] = {}
+        self.closed: list[dict] = []
+        self.fills: list[tuple[int, int, float, float, float]] = []  # row, sym, signed qty, price, fee
+        self.realized = 0.0
+        self.commission_paid = 0.0
+        self.slippage_paid = 0.0
+        self._orders: dict[int, OrderInfo] = {}
+        self._next_order = 1
+        self._next_trade = 1
+        self._sym_index = {s: k for k, s in enumerate(market.symbols)}
+        self._close = market.as_list("close")
+        self._rows = [market.rows_of(k) for k in range(n)]
+        self._needs_equity = not hasattr(sizer, "quantity") or risk.cfg.max_gross_exposure is not None
+        bus.subscribe(EventType.SIGNAL, self.on_signal)
+        bus.subscribe(EventType.FILL, self.on_fill)
+        bus.subscribe(EventType.RISK_BREACH, self.on_breach)
+
+    # -- valuation -------------------------------------------------------------------------------
+    def last_price(self, s: int, row: int) -> float:
+        """Close of symbol s at or before `row` (its entry price if it has no bar yet)."""
+        rows = self._rows[s]
+        k = int(np.searchsorted(rows, row, side="right")) - 1
+        if k >= 0:
+            return self._close[rows[k]]
+        tr = self.open_trades.get(s)
+        return tr.entry_price if tr else _NAN
+
+    def equity_at(self, row: int) -> float:
+        eq = self.cash
+        for s, q in enumerate(self.pos):
+            if q:
+                eq += q * self.last_price(s, row)
+        return eq
+
+    def gross_at(self, row: int) -> float:
+        return sum(abs(q) * self.last_price(s, row) for s, q in enumerate(self.pos) if q)
+
+    # -- SIGNAL -> ORDER -------------------------------------------------------------------------
+    def on_signal(self, ev: Event) -> None:
+        sym, direction, _strength, reason = ev.payload
+        s = self._sym_index[sym]
+        if direction < 0 and not self.cfg.allow_short:
+            direction = 0
+        row = self.bus.current_row
+        price = self.last_price(s, row)
+        equity = self.equity_at(row) if self._needs_equity else 0.0
+        target = direction * self.sizer(equity, price) if direction else 0.0
+        held = self.pos[s] + self.in_flight[s]
+        delta = target - held
+        if abs(delta) < 1e-12:
+            return
+        if self.risk.cfg.max_position is not None or self.risk.cfg.max_gross_exposure is not None:
+            delta = self.risk.limit_order(sym, held, delta, price, equity, self.gross_at(row))
+            if abs(delta) < 1e-12:
+                return
+        self._order(s, sym, delta, "market", _NAN, reason, ev.seq)
+
+    def on_breach(self, ev: Event) -> None:
+        rule, sym, action, _value, _limit, exit_price, _detail = ev.payload
+        if action != "close":
+            return
+        s = self._sym_index[sym]
+        held = self.pos[s]
+        if held:
+            otype = {"stop_loss": "stop", "take_profit": "limit"}.get(rule, "exit")
+            self._order(s, sym, -held, otype, exit_price, rule, None)
+
+    def _order(self, s: int, sym: str, delta: float, otype: str, price: float, reason: str,
+               signal_seq: int | None) -> None:
+        oid = self._next_order
+        self._next_order += 1
+        self.in_flight[s] += delta
+        side = 1 if delta > 0 else -1
+        ev = self.bus.publish(_ORDER, self.container, (sym, oid, side, abs(delta), otype, price, reason))
+        self._orders[oid] = OrderInfo(ev.seq, signal_seq, reason)
+
+    # -- FILL -> positions, trades ---------------------------------------------------------------
+    def on_fill(self, ev: Event) -> None:
+        sym, oid, side, qty, price, fee, slip = ev.payload
+        s = self._sym_index[sym]
+        signed = side * qty
+        row = self.bus.current_row
+        order = self._orders.pop(oid)
+        self.in_flight[s] -= signed
+        self.cash -= signed * price + fee
+        self.commission_paid += fee
+        self.slippage_paid += slip
+        self.fills.append((row, s, signed, price, fee))
+        cur = self.pos[s]
+        remaining = qty
+        if cur and (cur > 0) != (side > 0):
+            tr = self.open_trades[s]
+            close_qty = min(qty, abs(cur))
+            exit_fee = fee * close_qty / qty
+            self._close_trade(tr, s, close_qty, price, exit_fee, row, ev, order)
+            remaining = qty - close_qty
+        if remaining > 1e-12:
+            open_fee = fee * remaining / qty
+            tr = self.open_trades.get(s)
+            if tr is None:
+                tr = OpenTrade(self._next_trade, sym, side, remaining, price, open_fee, row, ev.seq, order.seq,
+                               order.signal_seq, self._regimes(s))
+                self._next_trade += 1
+                self.open_trades[s] = tr
+                self.bus.publish(_OPEN, self.container, (sym, tr.trade_id, side, remaining, price))
+            else:  # adding to a position: average the entry
+                total = tr.quantity + remaining
+                tr.entry_price = (tr.entry_price * tr.quantity + price * remaining) / total
+                tr.quantity = total
+                tr.entry_commission += open_fee
+        self.pos[s] = cur + signed
+        if abs(self.pos[s]) < 1e-12:
+            self.pos[s] = 0.0
+        self.bus.publish(_UPDATE, self.container,
+                         (self.cash, self.equity_at(row), self.gross_at(row), self.realized))
+
+    def _close_trade(self, tr: OpenTrade, s: int, qty: float, price: float, exit_fee: float, row: int,
+                     fill: Event, order: OrderInfo) -> None:
+        share = qty / tr.quantity
+        entry_fee = tr.entry_commission * share
+        gross = (price - tr.entry_price) * qty * tr.side
+        pnl = gross - entry_fee - exit_fee
+        self.realized += pnl
+        notional = tr.entry_price * qty
+        pnl_pct = pnl / notional if notional else _NAN
+        close_ev = self.bus.publish(
+            _CLOSE, self.container,
+            (tr.symbol, tr.trade_id, tr.side, qty, tr.entry_price, price, pnl, pnl_pct, entry_fee + exit_fee,
+             tr.entry_fill_seq, order.reason))
+        md = self.market
+        self.closed.append({
+            "trade_id": tr.trade_id, "symbol": tr.symbol, "side": "long" if tr.side > 0 else "short",
+            "quantity": qty, "entry_time": int(md.ts[tr.entry_row]), "entry_price": tr.entry_price,
+            "exit_time": int(md.ts[row]), "exit_price": price, "pnl": pnl, "pnl_pct": pnl_pct,
+            "commission": entry_fee + exit_fee, "bars_held": self._bars_between(s, tr.entry_row, row),
+            "exit_reason": order.reason,
+            "entry_signal_seq": tr.entry_signal_seq, "entry_order_seq": tr.entry_order_seq,
+            "entry_fill_seq": tr.entry_fill_seq, "exit_signal_seq": order.signal_seq,
+            "exit_order_seq": order.seq, "exit_fill_seq": fill.seq, "close_seq": close_ev.seq,
+            "entry_regimes": dict(tr.entry_regimes), "exit_regimes": self._regimes(s),
+        })
+        tr.entry_commission -= entry_fee
+        tr.quantity -= qty
+        if tr.quantity <= 1e-12:
+            del self.open_trades[s]
+
+    def _bars_between(self, s: int, a: int, b: int) -> int:
+        rows = self._rows[s]
+        return int(np.searchsorted(rows, b) - np.searchsorted(rows, a))
+
+    def _regimes(self, s: int) -> dict[str, str]:
+        return self.regimes.labels_for(s) if self.regimes is not None else {}
+
+    # -- after the run ---------------------------------------------------------------------------
+    def equity_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(times, equity, gross exposure) at every distinct bar time, marked at closes."""
+        md = self.market
+        n = len(md)
+        cash_delta = np.zeros(n)
+        qty_delta = np.zeros((len(md.symbols), n))
+        for row, s, signed, price, fee in self.fills:
+            cash_delta[row] -= signed * price + fee
+            qty_delta[s, row] += signed
+        cash = self.cfg.initial_cash + np.cumsum(cash_delta)
+        value = np.zeros(n)
+        gross = np.zeros(n)
+        for s in range(len(md.symbols)):
+            pos = np.cumsum(qty_delta[s])
+            px = np.where(md.symbol_idx == s, md.close, np.nan)
+            if math.isnan(px[0]):
+                px[0] = md.close[self._rows[s][0]] if len(self._rows[s]) else 0.0
+            idx = np.where(~np.isnan(px), np.arange(n), 0)
+            np.maximum.accumulate(idx, out=idx)
+            px = px[idx]
+            value += pos * px
+            gross += np.abs(pos) * px
+        last = np.flatnonzero(np.append(md.ts[1:] != md.ts[:-1], True))  # last row of each time
+        return md.ts[last], (cash + value)[last], gross[last]
+
+    def open_positions(self) -> list[dict]:
+        return [{"symbol": t.symbol, "side": "long" if t.side > 0 else "short", "quantity": t.quantity,
+                 "entry_price": t.entry_price, "entry_time": int(self.market.ts[t.entry_row]),
+                 "entry_signal_seq": t.entry_signal_seq, "entry_fill_seq": t.entry_fill_seq}
+                for t in self.open_trades.values()]

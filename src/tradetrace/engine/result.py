@@ -1,0 +1,143 @@
+"""BacktestResult: what a run returns: ids, metrics, trades, equity, and its traced events."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tradetrace.events.event import make_event_id, parse_event_id
+from tradetrace.events.lineage import Lineage, to_traced, walk_back
+from tradetrace.events.types import EventType
+
+_TRADE_ID_COLS = ("entry_signal", "entry_order", "entry_fill", "exit_signal", "exit_order", "exit_fill", "close")
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, np.generic):
+        return _clean(v.item())
+    return v
+
+
+@dataclass
+class BacktestResult:
+    run_id: str
+    name: str
+    status: str  # completed | failed
+    strategy: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    final_equity: float
+    initial_cash: float
+    equity: pd.Series
+    closed_trades: list[dict]
+    open_positions: list[dict]
+    event_count: int
+    counts: dict[str, int]
+    elapsed_s: float
+    bars: int
+    error: str | None = None
+    sweep_id: str | None = None
+    recorder: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- trades ----------------------------------------------------------------------------------
+    @property
+    def trades(self) -> pd.DataFrame:
+        """Closed trades, one row each, with the event ids of their lineage."""
+        cols = ["trade_id", "symbol", "side", "quantity", "entry_time", "entry_price", "exit_time",
+                "exit_price", "pnl", "pnl_pct", "commission", "bars_held", "exit_reason"]
+        rows = []
+        for t in self.closed_trades:
+            r = {k: t[k] for k in cols}
+            for k in _TRADE_ID_COLS:
+                seq = t[f"{k}_seq"]
+                r[f"{k}_id"] = None if seq is None else make_event_id(self.run_id, seq)
+            for name, label in t["entry_regimes"].items():
+                r[f"entry_{name}"] = label
+            for name, label in t["exit_regimes"].items():
+                r[f"exit_{name}"] = label
+            rows.append(r)
+        df = pd.DataFrame(rows, columns=None if rows else cols + [f"{k}_id" for k in _TRADE_ID_COLS])
+        for c in ("entry_time", "exit_time"):
+            df[c] = pd.to_datetime(df[c], utc=True) if len(df) else pd.Series(dtype="datetime64[ns, UTC]")
+        return df
+
+    def trades_json(self) -> list[dict]:
+        out = []
+        for t in self.closed_trades:
+            out.append({
+                "symbol": t["symbol"], "side": t["side"], "quantity": t["quantity"],
+                "entry_time": pd.Timestamp(t["entry_time"], tz="UTC").isoformat(),
+                "entry_price": t["entry_price"],
+                "exit_time": pd.Timestamp(t["exit_time"], tz="UTC").isoformat(),
+                "exit_price": t["exit_price"], "pnl": t["pnl"],
+                "entry_event_id": make_event_id(self.run_id, t["entry_fill_seq"]),
+                "exit_event_id": make_event_id(self.run_id, t["exit_fill_seq"]),
+                "entry_signal_id": None if t["entry_signal_seq"] is None else make_event_id(self.run_id, t["entry_signal_seq"]),
+                "exit_signal_id": None if t["exit_signal_seq"] is None else make_event_id(self.run_id, t["exit_signal_seq"]),
+                "close_event_id": make_event_id(self.run_id, t["close_seq"]),
+            })
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "name": self.name, "status": self.status, "error": self.error,
+            "strategy": self.strategy, "params": self.params,
+            "metrics": {k: _clean(v) for k, v in self.metrics.items()},
+            "final_equity": _clean(self.final_equity), "event_count": self.event_count, "bars": self.bars,
+            "trades": self.trades_json(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=str)
+
+    # -- events ----------------------------------------------------------------------------------
+    def _tables(self) -> dict[EventType, pa.Table]:
+        """Per-type event tables from wherever the run recorded them (memory or the event store)."""
+        if self.recorder is None or not hasattr(self.recorder, "tables"):
+            raise RuntimeError(f"run {self.run_id} recorded no readable events (tracing was off)")
+        return self.recorder.tables()
+
+    def events(self, types: list[str] | None = None) -> pa.Table:
+        """Traced events as one Arrow table sorted by seq (payload columns of absent types are null)."""
+        tabs = self._tables()
+        wanted = [t for t in tabs if types is None or t.name in types]
+        if not wanted:
+            return pa.table({})
+        table = pa.concat_tables([tabs[t] for t in wanted], promote_options="default")
+        return table.sort_by("seq")
+
+    def events_df(self, types: list[str] | None = None) -> pd.DataFrame:
+        return self.events(types).to_pandas()
+
+    def _row(self, seq: int) -> pa.Table | None:
+        if self.recorder is None:
+            raise RuntimeError(f"run {self.run_id} recorded no readable events (tracing was off)")
+        return self.recorder.lookup(seq)
+
+    def _seq(self, event_id: str | int) -> int:
+        if isinstance(event_id, int):
+            return event_id
+        run, seq = parse_event_id(event_id)
+        if run != self.run_id:
+            raise KeyError(f"event {event_id} belongs to run {run}, not {self.run_id}")
+        return seq
+
+    def event(self, event_id: str | int):
+        """One event (by `<run>:<seq>` or seq) as a TracedEvent."""
+        row = self._row(self._seq(event_id))
+        if row is None:
+            raise KeyError(f"no event {event_id} in run {self.run_id}")
+        return to_traced(row)
+
+    def trace(self, event_id: str | int) -> Lineage:
+        """The chain from an event (a FILL, a POSITION_CLOSE, ...) back to its SIGNAL and BAR."""
+        return walk_back(self._row, self._seq(event_id))

@@ -1,0 +1,85 @@
+"""The two shapes of an event: `Event` on the hot path, `TracedEvent` for people.
+
+`Event` is what handlers receive: a slotted object with plain attributes and a payload tuple, built
+once per publish (no uuid, no datetime, no dict). `TracedEvent` is the full record of the design
+(event_id, correlation_id, causation_id, clocks as datetimes, data as a dict), materialized only when
+a user asks for one, from the recorded columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tradetrace.events.types import PAYLOAD_NAMES, EventType
+
+#: Causation value meaning "no cause" (only RUN_START has none).
+NO_CAUSE = -(1 << 62)
+
+
+class Event:
+    """A published event as handlers see it.
+
+    `cause` is the seq of the causing event, or `~row` (a negative number) when the cause is the
+    BAR of market-data row `row`: BAR seqs are only known at flush time (they are recorded in bulk),
+    so the bus resolves these references then. `row` is the market-data row being handled when the
+    event was published; it gives the event its market timestamp.
+    """
+
+    __slots__ = ("type", "seq", "cause", "source", "payload", "row", "links",
+                 "emitted", "received", "processed")
+
+    def __init__(self, type: EventType, seq: int, cause: int, source: str, payload: tuple,
+                 row: int, links: list[int] | None) -> None:
+        self.type = type
+        self.seq = seq
+        self.cause = cause
+        self.source = source
+        self.payload = payload
+        self.row = row
+        self.links = links
+        self.emitted = 0
+        self.received = 0
+        self.processed = 0
+
+    def get(self, name: str) -> Any:
+        """Payload field by name (slow path, for tests and user code; handlers index the tuple)."""
+        return self.payload[PAYLOAD_NAMES[self.type].index(name)]
+
+    def __repr__(self) -> str:
+        return f"Event({EventType(self.type).name}, seq={self.seq}, cause={self.cause}, {self.payload})"
+
+
+def make_event_id(correlation_id: str, seq: int) -> str:
+    """Public event id: `<correlation_id>:<seq>` (DESIGN.md)."""
+    return f"{correlation_id}:{seq}"
+
+
+def parse_event_id(event_id: str) -> tuple[str, int]:
+    """Split `<correlation_id>:<seq>`; raises ValueError with the offending id."""
+    run, sep, seq = event_id.rpartition(":")
+    if not sep or not run or not seq.isdigit():
+        raise ValueError(f"invalid event id {event_id!r}: expected '<run id>:<seq>'")
+    return run, int(seq)
+
+
+@dataclass(frozen=True, slots=True)
+class TracedEvent:
+    """One event with every field of the original design, for inspection and export."""
+
+    event_id: str
+    event_type: str
+    timestamp: datetime
+    correlation_id: str
+    causation_id: str | None
+    source_container: str
+    created_at: datetime | None
+    emitted_at: datetime | None
+    received_at: datetime | None
+    processed_at: datetime | None
+    data: dict[str, Any]
+    version: int
+    sequence_number: int
+    partition_key: str
+    links: list[str] = field(default_factory=list)

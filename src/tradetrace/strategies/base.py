@@ -1,0 +1,124 @@
+"""The strategy API users write against (modelled on backtesting.py: `init` then `next`).
+
+```python
+class SmaCross(Strategy):
+    name = "my_sma_cross"
+
+    class Params(StrategyParams):
+        fast: int = 10
+        slow: int = 30
+
+    def init(self):
+        self.cross = self.I(lambda c: crossover(sma(c, self.p.fast), sma(c, self.p.slow)))
+
+    def next(self, i):
+        if self.cross[i] > 0:
+            self.buy(reason="fast crossed above slow")
+        elif self.cross[i] < 0:
+            self.sell(reason="fast crossed below slow")
+```
+
+`init()` computes indicators over each symbol's whole series, causally (value at i uses data up to
+i); `I()` returns them as a row-aligned list. `next(i)` runs for every market-data row in time
+order. A strategy decides a *target* per symbol (+1 long, -1 short, 0 flat) and says so with a
+SIGNAL; sizing, risk and execution are the other containers' jobs. Signals are decisions: emit one
+when the target changes, not on every bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tradetrace.events.types import EventType
+
+if TYPE_CHECKING:
+    from tradetrace.engine.data import MarketData
+    from tradetrace.engine.portfolio import PortfolioView
+    from tradetrace.events.bus import TracedEventBus
+
+
+class StrategyParams(BaseModel):
+    """Base for a strategy's parameters: unknown keys and wrong types are config errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Strategy:
+    """Base class of every strategy. Subclass, set `name` and `Params`, write `init` and `next`."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+    container: ClassVar[str] = "strategy"
+
+    def __init__(self, params: StrategyParams | dict[str, Any] | None = None) -> None:
+        if isinstance(params, StrategyParams):
+            self.p = params
+        else:
+            self.p = self.Params(**(params or {}))
+        self.bus: TracedEventBus | None = None
+        self.data: MarketData | None = None
+        self.portfolio: PortfolioView | None = None
+        self.symbol_of: list[int] = []
+        self.targets: list[int] = []
+
+    def bind(self, bus: TracedEventBus, data: MarketData, portfolio: PortfolioView) -> None:
+        """Attach to a run (done by the engine before `init`)."""
+        self.bus = bus
+        self.data = data
+        self.portfolio = portfolio
+        self.symbol_of = data.as_list("symbol_idx")
+        self.targets = [0] * len(data.symbols)
+
+    # -- to override -----------------------------------------------------------------------------
+    def init(self) -> None:
+        """Compute indicators (vectorized, causal)."""
+
+    def next(self, i: int) -> None:
+        """Called for every market-data row `i`, in time order."""
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def I(self, func: Callable[..., np.ndarray], *args: Any, source: str = "close") -> list:  # noqa: E743
+        """Compute `func(series, *args)` on each symbol's own `source` column; row-aligned list.
+
+        `source` is a bar column (open/high/low/close/volume) or an auxiliary series name.
+        """
+        assert self.data is not None
+        md = self.data
+        col = md.aux[source] if source in md.aux else getattr(md, source)
+        out = np.full(len(md), np.nan)
+        for s in range(len(md.symbols)):
+            rows = md.rows_of(s)
+            values = np.asarray(func(col[rows], *args), dtype=np.float64)
+            if values.shape != rows.shape:
+                raise ValueError(f"indicator {getattr(func, '__name__', func)!r} returned shape "
+                                 f"{values.shape}, expected {rows.shape}")
+            out[rows] = values
+        return out.tolist()
+
+    def signal(self, direction: int, *, symbol: int | None = None, strength: float = 1.0,
+               reason: str = "") -> None:
+        """Publish a SIGNAL: the new target for `symbol` (default: the current row's symbol)."""
+        assert self.bus is not None and self.data is not None
+        if direction not in (-1, 0, 1):
+            raise ValueError(f"signal direction must be -1, 0 or 1, got {direction!r}")
+        s = self.symbol_of[self.bus.current_row] if symbol is None else symbol
+        self.targets[s] = direction
+        self.bus.publish(EventType.SIGNAL, self.container,
+                         (self.data.symbols[s], direction, float(strength), reason))
+
+    def buy(self, **kw: Any) -> None:
+        """Target long."""
+        self.signal(1, **kw)
+
+    def sell(self, **kw: Any) -> None:
+        """Target short (or flat when the portfolio does not allow shorts)."""
+        self.signal(-1, **kw)
+
+    def flat(self, **kw: Any) -> None:
+        """Target no position."""
+        self.signal(0, **kw)
