@@ -101,6 +101,19 @@ def run(
         out.print(str(result.trace(t.exit_fill_id)), highlight=False)
 
 
+def _register_commands() -> None:
+    from tradetrace.analytics import commands as analytics_commands
+    from tradetrace.store import commands as store_commands
+    from tradetrace.sweep import commands as sweep_commands
+
+    store_commands.register(app)
+    analytics_commands.register(app)
+    sweep_commands.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

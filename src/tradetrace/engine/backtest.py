@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from tradetrace.analytics.metrics import compute_metrics
+from tradetrace.analytics.sink import record_run
 from tradetrace.config import RunConfig, as_config
 from tradetrace.engine import synthetic
 from tradetrace.engine.classifiers import ClassifierSet
@@ -41,6 +42,7 @@ from tradetrace.events.bus import TracedEventBus
 from tradetrace.events.event import NO_CAUSE, make_event_id
 from tradetrace.events.recorder import MemoryRecorder, Recorder, RunInfo, RunTotals
 from tradetrace.events.types import EventType
+from tradetrace.store import recorder_for
 from tradetrace.strategies.base import Strategy
 
 Progress = Callable[[int, int], None]
@@ -86,19 +88,20 @@ def _failing_container(exc: BaseException) -> str:
 def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData | None = None,
                  strategy: Strategy | None = None, recorder: Recorder | None = None,
                  correlation_id: str | None = None, sweep_id: str | None = None,
-                 progress: Progress | None = None) -> BacktestResult:
+                 progress: Progress | None = None, record_db: bool = True) -> BacktestResult:
     """Run one traced backtest.
 
     `config` is a RunConfig, a dict or a YAML path. `market` skips loading data (sweeps share it);
     `strategy` supplies a strategy instance (for strategies not in the registry); `recorder`
-    receives the traced events (default: kept in memory on the result).
+    receives the traced events (default: the event store when `store.enabled`, else memory).
+    `record_db=False` leaves writing the analytics database to the caller (sweeps batch it).
     """
     cfg = as_config(config)
     md = market if market is not None else load_data(cfg)
     run_id = correlation_id or str(uuid.uuid4())  # once per run, not per event
     traced = cfg.tracing.enabled
     if traced and recorder is None:
-        recorder = MemoryRecorder()
+        recorder = recorder_for(cfg) if cfg.store.enabled else MemoryRecorder()
     bus = TracedEventBus(run_id, traced=traced, recorder=recorder if traced else None,
                          bar_clock_every=cfg.tracing.bar_clock_every)
     strat = strategy if strategy is not None else cfg.strategy_class()(cfg.strategy.params)
@@ -196,6 +199,8 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
         event_count=end.seq + 1, counts=counts, elapsed_s=elapsed, bars=rows_done, error=error,
         sweep_id=sweep_id, recorder=recorder if traced else None,
     )
+    if cfg.database.enabled and record_db:
+        record_run(cfg, result)
     if failure is not None:
         if isinstance(failure, KeyboardInterrupt | SystemExit):
             raise failure
