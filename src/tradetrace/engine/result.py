@@ -48,6 +48,9 @@ class BacktestResult:
     recorder: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def _eid(self, seq: int | None) -> str | None:
+        return None if seq is None else make_event_id(self.run_id, seq)
+
     # -- trades ----------------------------------------------------------------------------------
     @property
     def trades(self) -> pd.DataFrame:
@@ -58,8 +61,7 @@ class BacktestResult:
         for t in self.closed_trades:
             r = {k: t[k] for k in cols}
             for k in _TRADE_ID_COLS:
-                seq = t[f"{k}_seq"]
-                r[f"{k}_id"] = None if seq is None else make_event_id(self.run_id, seq)
+                r[f"{k}_id"] = self._eid(t[f"{k}_seq"])
             for name, label in t["entry_regimes"].items():
                 r[f"entry_{name}"] = label
             for name, label in t["exit_regimes"].items():
@@ -79,11 +81,11 @@ class BacktestResult:
                 "entry_price": t["entry_price"],
                 "exit_time": pd.Timestamp(t["exit_time"], tz="UTC").isoformat(),
                 "exit_price": t["exit_price"], "pnl": t["pnl"],
-                "entry_event_id": make_event_id(self.run_id, t["entry_fill_seq"]),
-                "exit_event_id": make_event_id(self.run_id, t["exit_fill_seq"]),
-                "entry_signal_id": None if t["entry_signal_seq"] is None else make_event_id(self.run_id, t["entry_signal_seq"]),
-                "exit_signal_id": None if t["exit_signal_seq"] is None else make_event_id(self.run_id, t["exit_signal_seq"]),
-                "close_event_id": make_event_id(self.run_id, t["close_seq"]),
+                "entry_event_id": self._eid(t["entry_fill_seq"]),
+                "exit_event_id": self._eid(t["exit_fill_seq"]),
+                "entry_signal_id": self._eid(t["entry_signal_seq"]),
+                "exit_signal_id": self._eid(t["exit_signal_seq"]),
+                "close_event_id": self._eid(t["close_seq"]),
             })
         return out
 
