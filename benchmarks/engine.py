@@ -6,7 +6,10 @@ on, off, on, ...), so both see the same machine load; the overhead is the median
 ratios on/off - 1. backtrader runs the same strategy on the first M of the same bars. Data loading
 and generation are outside the timings for both.
 
-    python benchmarks/engine.py --bars 1000000 --peer-bars 100000 [--repeats 5] [--store DIR]
+    python benchmarks/engine.py --bars 1000000 --peer-bars 100000 [--repeats 5] [--memory | --store DIR]
+
+Traced runs persist every event to an event store in a temporary folder (or --store DIR), as a user's
+run does; --memory keeps them in memory instead. The analytics database is off: not measured here.
 
 Prints figures, then one JSON line with: bars_per_s_off, bars_per_s_on, overhead,
 backtrader_bars_per_s, ratio_vs_backtrader (and more).
@@ -25,7 +28,7 @@ import tradetrace as tt
 from tradetrace.engine import synthetic
 
 
-def reference_config(bars: int, traced: bool) -> dict:
+def reference_config(bars: int, traced: bool, store_dir: str | None) -> dict:
     return {
         "name": "bench-engine",
         "data": {"synthetic": {"bars": bars, "seed": 42, "freq": "1min"}},
@@ -33,18 +36,15 @@ def reference_config(bars: int, traced: bool) -> dict:
         "sizing": {"type": "fixed", "quantity": 100},
         "execution": {"fill": "next_open"},
         "tracing": {"enabled": traced},
+        "store": {"enabled": store_dir is not None, "path": store_dir},
+        "database": {"enabled": False},
     }
 
 
 def run_ours(md, bars: int, traced: bool, store_dir: str | None) -> tuple[float, tt.BacktestResult]:
     gc.collect()  # garbage of earlier runs is collected here, outside the timing
-    recorder = None
-    if traced and store_dir is not None:
-        from tradetrace.store import EventStore
-
-        recorder = EventStore(store_dir).recorder()
     t0 = time.perf_counter()
-    res = tt.run_backtest(reference_config(bars, traced), market=md, recorder=recorder)
+    res = tt.run_backtest(reference_config(bars, traced, store_dir), market=md)
     return time.perf_counter() - t0, res
 
 
@@ -81,14 +81,14 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=1_000_000)
     ap.add_argument("--peer-bars", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=5, help="paired off/on repeats")
-    ap.add_argument("--store", nargs="?", const="", default=None,
-                    help="persist traced runs to an event store (default: a temporary folder)")
+    ap.add_argument("--store", default=None, help="event store folder (default: a temporary folder)")
+    ap.add_argument("--memory", action="store_true", help="keep traced events in memory, not in a store")
     args = ap.parse_args()
 
     md, _ = synthetic.generate(args.bars, seed=42, freq="1min")
     store_dir = None
     tmp = None
-    if args.store is not None:
+    if not args.memory:
         tmp = tempfile.TemporaryDirectory(prefix="tt-bench-")
         store_dir = args.store or tmp.name
     run_ours(md, min(args.bars, 50_000), True, None)  # warm-up (imports, caches)
