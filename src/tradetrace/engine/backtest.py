@@ -73,6 +73,36 @@ def load_data(cfg: RunConfig) -> MarketData:
                        {k: cfg.resolve(v) for k, v in d.aux.items()})
 
 
+def _run_chunks(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionSimulator, md: MarketData,
+                cfg: RunConfig, run_id: str, progress: Progress | None) -> tuple[BaseException | None, str | None]:
+    """Run every bar chunk by chunk, flushing each; on failure publish the ERROR and return it."""
+    n = len(md)
+    chunk = cfg.tracing.chunk_bars
+    try:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            bus.run_bars(start, stop)
+            bus.flush(stop)
+            gc.freeze()
+            if progress is not None:
+                progress(stop, n)
+        _end_of_data(bus, portfolio, execution, md, cfg.portfolio.close_at_end)
+    except BaseException as exc:  # every failure, Ctrl-C included, must end the run with its reason
+        cur = bus.current
+        container = _failing_container(exc)
+        cause = cur.seq if cur is not None else ~max(bus.current_row, 0)
+        where = (f"{EventType(cur.type).name} {make_event_id(run_id, cur.seq)}" if cur is not None
+                 else f"BAR of row {bus.current_row}")
+        error = f"{type(exc).__name__} in {container} while handling {where}: {exc}"
+        bus.settle()  # events published but never dispatched stay recorded; nothing more runs
+        bus.publish(EventType.ERROR, "engine",
+                    (type(exc).__name__, str(exc), container, "".join(traceback.format_exception(exc))),
+                    cause=cause)
+        bus.settle()
+        return exc, error
+    return None, None
+
+
 def _failing_container(exc: BaseException) -> str:
     tb = exc.__traceback__
     found = "engine"
@@ -129,10 +159,7 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
         recorder.begin(info, md)
 
     n = len(md)
-    chunk = cfg.tracing.chunk_bars
     started = time.perf_counter()
-    status, error, failure = "completed", None, None
-    rows_done = 0
     bus.publish_start("engine", (cfg.name, info.strategy, json.dumps(params, sort_keys=True),
                                  ",".join(md.symbols)))
     # GC policy (the same traced or not): the cyclic collector is paused while bars run and what
@@ -144,39 +171,19 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
     gc.disable()
     gc.freeze()
     try:
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            bus.run_bars(start, stop)
-            rows_done = stop
-            bus.flush(rows_done)
-            gc.freeze()
-            if progress is not None:
-                progress(rows_done, n)
-        _end_of_data(bus, portfolio, execution, md, cfg.portfolio.close_at_end)
-    except BaseException as exc:  # every failure, Ctrl-C included, must end the run with its reason
-        failure = exc
-        status = "failed"
-        cur = bus.current
-        container = _failing_container(exc)
-        cause = cur.seq if cur is not None else ~max(bus.current_row, 0)
-        where = (f"{EventType(cur.type).name} {make_event_id(run_id, cur.seq)}" if cur is not None
-                 else f"BAR of row {bus.current_row}")
-        error = f"{type(exc).__name__} in {container} while handling {where}: {exc}"
-        bus.settle()  # events published but never dispatched stay recorded; nothing more runs
-        bus.publish(EventType.ERROR, "engine",
-                    (type(exc).__name__, str(exc), container, "".join(traceback.format_exception(exc))),
-                    cause=cause)
-        bus.settle()
-        rows_done = max(bus.current_row + 1, rows_done)
-    end = bus.publish(EventType.RUN_END, "engine", (status, error or "", bus.published + 1), cause=NO_CAUSE)
-    if failure is None:
-        bus.drain()
-    else:
-        bus.settle()
-    bus.flush(rows_done)
-    gc.unfreeze()
-    if gc_was_enabled:
-        gc.enable()
+        failure, error = _run_chunks(bus, portfolio, execution, md, cfg, run_id, progress)
+        status = "failed" if failure is not None else "completed"
+        rows_done = n if failure is None else bus.current_row + 1
+        end = bus.publish(EventType.RUN_END, "engine", (status, error or "", bus.published + 1), cause=NO_CAUSE)
+        if failure is None:
+            bus.drain()
+        else:
+            bus.settle()
+        bus.flush(rows_done)
+    finally:
+        gc.unfreeze()
+        if gc_was_enabled:
+            gc.enable()
     elapsed = time.perf_counter() - started
     counts = bus.counts
     if recorder is not None and traced:
