@@ -46,7 +46,7 @@ def _fmt(v: object) -> str:
 
 
 def metrics_table(result: BacktestResult) -> Table:
-    t = Table(title=f"{result.name}  run {result.run_id}", show_header=True, header_style="bold")
+    t = Table(title=result.name, show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")
     keys = ["total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "win_rate", "profit_factor",
@@ -94,11 +94,13 @@ def run(
     if as_json:
         print(result.to_json())
         return
+    out.print(f"run id: {result.run_id}  ({result.status}, {result.event_count:,} events)", highlight=False)
     out.print(metrics_table(result))
     if trace_one and result.closed_trades:
         t = result.trades.iloc[0]
-        out.print(f"\n[bold]Why did trade {t.trade_id} ({t.side} {t.symbol}) close?[/]", highlight=False)
-        out.print(str(result.trace(t.exit_fill_id)), highlight=False)
+        out.print(f"\n[bold]Why did trade {t.trade_id} ({t.side} {t.symbol}) close?[/] "
+                  f"Lineage of its exit fill {t.exit_fill_id}:", highlight=False)
+        out.print(str(result.trace(t.exit_fill_id)), markup=False, highlight=False)
 
 
 def _register_commands() -> None:

@@ -26,10 +26,13 @@ def sharpe(r: np.ndarray, periods_per_year: float, risk_free: float = 0.0) -> fl
     if len(r) < 2:
         return float("nan")
     ex = r - risk_free
-    sd = ex.std(ddof=1)
-    if sd == 0 or not np.isfinite(sd):
+    mean = ex.mean()
+    sd = 0.0 if ex.max() == ex.min() else ex.std(ddof=1)  # identical returns: exactly 0, not a ~1e-18 residue
+    if sd == 0:
+        return float("nan") if mean == 0 else math.copysign(math.inf, mean)
+    if not np.isfinite(sd):
         return float("nan")
-    return float(ex.mean() / sd * math.sqrt(periods_per_year))
+    return float(mean / sd * math.sqrt(periods_per_year))
 
 
 def sortino(r: np.ndarray, periods_per_year: float, risk_free: float = 0.0) -> float:
@@ -38,7 +41,8 @@ def sortino(r: np.ndarray, periods_per_year: float, risk_free: float = 0.0) -> f
     ex = r - risk_free
     downside = np.sqrt(np.mean(np.minimum(ex, 0.0) ** 2))
     if downside == 0:
-        return float("inf") if ex.mean() > 0 else float("nan")
+        mean = ex.mean()
+        return float("nan") if mean == 0 else math.copysign(math.inf, mean)
     return float(ex.mean() * periods_per_year / (downside * math.sqrt(periods_per_year)))
 
 
@@ -56,7 +60,10 @@ def annual_return(r: np.ndarray, periods_per_year: float) -> float:
         return float("nan")
     total = float(np.prod(1.0 + r))
     years = len(r) / periods_per_year
-    return total ** (1.0 / years) - 1.0 if total > 0 else -1.0
+    if total <= 0:
+        return -1.0
+    with np.errstate(over="ignore"):  # a short, strongly compounding run overflows to inf (not an error)
+        return float(np.power(total, 1.0 / years)) - 1.0
 
 
 def annual_volatility(r: np.ndarray, periods_per_year: float) -> float:
