@@ -1,9 +1,158 @@
-"""CLI commands of the analytics database: sql, runs, etl."""
+"""CLI commands of the analytics database: sql, runs, etl.
+
+User values (filters, `--param`) are always bound as parameters; the only identifier a user picks
+(`--by`) comes from a fixed list of columns.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import typer
+from rich.table import Table
+
+from tradetrace.analytics.queries import SORTABLE, top_runs
+
+DB_OPTION = typer.Option(None, "--db", help="database URL (default: TRADETRACE_DB or the DuckDB file)")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:,.4f}" if math.isfinite(v) else str(v)
+    if isinstance(v, dict | list):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else str(v)
+    if isinstance(v, dict | list | int | float | str | bool) or v is None:
+        return v
+    return str(v)
+
+
+def _print_rows(cols: list[str], rows: list[tuple], as_json: bool, title: str | None = None) -> None:
+    from tradetrace.cli import out
+
+    if as_json:
+        for r in rows:
+            print(json.dumps({c: _jsonable(v) for c, v in zip(cols, r, strict=True)}))
+        return
+    t = Table(title=title, header_style="bold")
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*(_cell(v) for v in r))
+    out.print(t)
+
+
+def sql(
+    query: str = typer.Argument(..., help="one SQL statement"),
+    write: bool = typer.Option(False, "--write", help="allow statements that change the database"),
+    params: list[str] = typer.Option(None, "--param", "-p", help="value bound to the next ? placeholder"),
+    db: str = DB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per row"),
+) -> None:
+    """Run SQL on the analytics database (read-only unless --write)."""
+    from tradetrace.analytics.db import DatabaseError, connect, driver_errors
+    from tradetrace.cli import fail
+
+    try:
+        with connect(db, read_only=not write) as conn:
+            cols, rows = conn.query(query, list(params) if params else None)
+    except DatabaseError as exc:
+        raise fail(str(exc)) from None
+    except driver_errors() as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise fail(f"sql: {first}") from None
+    if cols:
+        _print_rows(cols, rows, as_json)
+
+
+def runs(
+    top: int = typer.Option(10, "--top", min=1, help="how many runs"),
+    by: str = typer.Option("sharpe", "--by", help=f"sort column: {', '.join(SORTABLE)}"),
+    strategy: str = typer.Option(None, "--strategy", help="strategy type (e.g. sma_crossover) or run name"),
+    sweep: str = typer.Option(None, "--sweep", help="only runs of this sweep_id"),
+    regime: str = typer.Option(None, "--regime", help="only runs whose market_regime is this"),
+    volatility: str = typer.Option(None, "--volatility", help="only runs whose volatility_regime is this"),
+    status: str = typer.Option(None, "--status", help="completed or failed"),
+    ascending: bool = typer.Option(False, "--asc", help="lowest first"),
+    db: str = DB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per row"),
+) -> None:
+    """List the best runs from the database (or the event store's runs when the database has none)."""
+    from tradetrace.analytics.db import DatabaseError, connect
+    from tradetrace.cli import fail
+
+    if by not in SORTABLE:
+        raise fail(f"--by value {by!r}: not one of {', '.join(SORTABLE)}")
+    if status is not None and status not in ("completed", "failed"):
+        raise fail(f"--status value {status!r}: use completed or failed")
+    try:
+        with connect(db, read_only=True) as conn:
+            total = conn.scalar("SELECT count(*) FROM optimization_runs")
+            cols, rows = top_runs(conn, top, by, strategy=strategy, sweep=sweep, regime=regime,
+                                  volatility=volatility, status=status, ascending=ascending)
+    except DatabaseError as exc:
+        if "no analytics database" not in str(exc):
+            raise fail(str(exc)) from None
+        total, cols, rows = 0, [], []
+    if total:
+        _print_rows(cols, rows, as_json, title=None if as_json else f"top {top} runs by {by}")
+        return
+    _store_runs(top, strategy, sweep, as_json)
+
+
+def _store_runs(top: int, strategy: str | None, sweep: str | None, as_json: bool) -> None:
+    from tradetrace.analytics.backfill import open_store, run_records
+    from tradetrace.cli import fail
+
+    try:
+        records = run_records(open_store())
+    except RuntimeError as exc:
+        raise fail(f"the database has no runs and {exc}", 1) from None
+    records = [r for r in records if (strategy is None or strategy in (r.get("strategy"), r.get("name")))
+               and (sweep is None or r.get("sweep_id") == sweep)][:top]
+    if not records:
+        raise fail("no runs in the database or the event store", 1)
+    cols = [c for c in ("run_id", "name", "strategy", "sweep_id", "status", "event_count") if c in records[0]]
+    _print_rows(cols, [tuple(r.get(c) for c in cols) for r in records], as_json,
+                title=None if as_json else "runs in the event store (database empty: `tradetrace etl` loads them)")
+
+
+def etl_command(
+    db: str = DB_OPTION,
+    store: str = typer.Option(None, "--store", help="event store folder (default: TRADETRACE_EVENTS)"),
+    run: list[str] = typer.Option(None, "--run", help="only this run id (repeatable)"),
+) -> None:
+    """Backfill the database from the event store: trades, run metrics, latencies (idempotent)."""
+    from tradetrace.analytics import schema
+    from tradetrace.analytics.backfill import backfill, open_store
+    from tradetrace.analytics.db import DatabaseError, connect
+    from tradetrace.cli import fail, out
+
+    try:
+        event_store = open_store(store)
+        skipped: list[str] = []
+        with connect(db) as conn:
+            n = backfill(conn, event_store, run or None, skipped=skipped)
+            schema.refresh_summary(conn)
+            url = conn.url
+    except (RuntimeError, DatabaseError) as exc:
+        raise fail(str(exc)) from None
+    out.print(f"loaded {n} run(s) into {url}", highlight=False)
+    for why in skipped:
+        out.print(f"  not loaded: {why}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add the analytics commands to the `tradetrace` app."""
+    app.command("sql")(sql)
+    app.command("runs")(runs)
+    app.command("etl")(etl_command)

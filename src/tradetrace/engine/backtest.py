@@ -92,7 +92,7 @@ def _run_chunks(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionS
         container = _failing_container(exc)
         cause = cur.seq if cur is not None else ~max(bus.current_row, 0)
         where = (f"{EventType(cur.type).name} {make_event_id(run_id, cur.seq)}" if cur is not None
-                 else f"BAR of row {bus.current_row}")
+                 else _bar_name(bus, run_id))
         error = f"{type(exc).__name__} in {container} while handling {where}: {exc}"
         bus.settle()  # events published but never dispatched stay recorded; nothing more runs
         bus.publish(EventType.ERROR, "engine",
@@ -101,6 +101,13 @@ def _run_chunks(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionS
         bus.settle()
         return exc, error
     return None, None
+
+
+def _bar_name(bus: TracedEventBus, run_id: str) -> str:
+    """The BAR being dispatched, for error messages: its event id when traced, and its row."""
+    row = bus.current_row
+    seq = bus.bar_seq(row)
+    return f"BAR of row {row}" if seq is None else f"BAR {make_event_id(run_id, seq)} (row {row})"
 
 
 def _failing_container(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from tradetrace.events.event import make_event_id, parse_event_id
 from tradetrace.events.lineage import Lineage, to_traced, walk_back
-from tradetrace.events.types import EventType
+from tradetrace.events.types import EventType, event_schema
 
 _TRADE_ID_COLS = ("entry_signal", "entry_order", "entry_fill", "exit_signal", "exit_order", "exit_fill", "close")
 
@@ -111,9 +111,13 @@ class BacktestResult:
     def events(self, types: list[str] | None = None) -> pa.Table:
         """Traced events as one Arrow table sorted by seq (payload columns of absent types are null)."""
         tabs = self._tables()
+        unknown = [n for n in types or () if n not in EventType.__members__]
+        if unknown:
+            raise ValueError(f"unknown event type {unknown[0]!r} (known: {', '.join(EventType.__members__)})")
         wanted = [t for t in tabs if types is None or t.name in types]
-        if not wanted:
-            return pa.table({})
+        if not wanted:  # none recorded: an empty table with the requested types' columns
+            empty = [event_schema(EventType[n]).empty_table() for n in types or ()]
+            return pa.concat_tables(empty, promote_options="default") if empty else pa.table({})
         table = pa.concat_tables([tabs[t] for t in wanted], promote_options="default")
         return table.sort_by("seq")
 

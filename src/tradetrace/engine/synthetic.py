@@ -91,7 +91,8 @@ def generate(bars: int, seed: int = 7, freq: str = "1min", symbols: list[str] | 
     md = align(series)
     # VIX-like: implied vol tracks the regime's vol with a premium and slow noise, in vol points.
     noise = np.cumsum(rng.standard_normal(bars)) * 0.02
-    noise -= np.convolve(noise, np.ones(50) / 50, mode="same")
+    w = min(50, bars)  # "same" mode returns max(len) values: the window must not exceed the series
+    noise -= np.convolve(noise, np.ones(w) / w, mode="same")
     vix_first = 100 * sigma * 1.15 + 2.0 + noise
     vix_first = np.maximum(vix_first, 5.0)
     md.aux["VIX"] = np.repeat(vix_first, len(symbols)) if len(symbols) > 1 else vix_first

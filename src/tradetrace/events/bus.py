@@ -17,7 +17,9 @@ Tracing cost (the hot path is written for speed):
   at flush. Its clocks are measured on every `bar_clock_every`-th bar (received/processed); the
   others carry null received/processed clocks. Their created/emitted clock is the time the feed
   emitted the chunk they belong to (they are emitted in bulk).
-- A non-BAR event costs about two monotonic clock reads (publish, dispatch) and one list append.
+- A non-BAR event is recorded columnar as it is published and dispatched (`ChunkLog`: a few appends
+  to typed arrays and lists, a clock read at publish and one at dispatch), so turning a chunk into
+  Arrow tables later is mostly vectorized numpy work rather than a walk over Python objects.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from time import monotonic_ns, time_ns
 
+import numpy as np
+
 from tradetrace.events.event import NO_CAUSE, Event
-from tradetrace.events.recorder import BarBlock, EventBatch, Recorder
+from tradetrace.events.recorder import BarBlock, ChunkLog, EventBatch, Recorder
 from tradetrace.events.types import EventType
 
 BarHandler = Callable[[int], None]
@@ -47,7 +51,7 @@ class TracedEventBus:
         self._bar_handlers: list[BarHandler] = []
         self._subs: dict[int, list[EventHandler]] = {int(t): [] for t in EventType}
         self._queue: list[Event] = []  # FIFO; emptied at the end of every drain
-        self._log: list[Event] = []  # traced: every non-BAR event of the chunk, in publish order
+        self._log = ChunkLog()  # traced: the non-BAR events of the current chunk, columnar
         self._current: Event | None = None
         self._cur_bar = -1  # market-data row being dispatched (-1 before the first bar)
         self._nonbar = 0  # non-BAR events published so far
@@ -55,6 +59,7 @@ class TracedEventBus:
         self._bar_rx: list[int] = []  # sampled BAR clocks: row, received, processed (flat)
         self._flushed_rows = 0  # BAR rows already flushed
         self._flushed_nonbar = 0  # non-BAR events already flushed
+        self._last_bar_seq: int | None = None  # seq of the BAR of row _flushed_rows - 1
         self.anchor_wall_ns = time_ns()  # one wall-clock anchor per run (DESIGN.md)
         self.anchor_mono_ns = monotonic_ns()
         self._chunk_emitted = self.anchor_mono_ns
@@ -95,8 +100,14 @@ class TracedEventBus:
         self._nonbar += 1
         self._type_counts[event_type] += 1
         if self.traced:
-            ev.emitted = monotonic_ns()
-            self._log.append(ev)
+            log = self._log
+            log.rt.append(row << 4 | event_type)  # row and type packed in one int64
+            log.cause.append(cause)
+            log.emitted.append(monotonic_ns())
+            log.source.append(source)
+            log.payload.append(payload)
+            if links is not None:
+                log.links.append((len(log.payload) - 1, links))
         self._queue.append(ev)
         return ev
 
@@ -132,20 +143,18 @@ class TracedEventBus:
         k = 0
         if self.traced:
             clock = monotonic_ns
-            prev = None
+            log = self._log
+            rx = log.received.append  # dispatch is FIFO: the k-th dispatch is the k-th published event
             while k < len(q):
                 ev = q[k]
                 k += 1
-                t = clock()
-                if prev is not None:
-                    prev.processed = t
-                ev.received = t
+                rx(clock())
                 self._current = ev
                 for h in subs[ev.type]:
                     h(ev)
-                prev = ev
-            if prev is not None:
-                prev.processed = clock()
+            if k:  # the last event's processing ends now; the others' when the next was received
+                log.drain_ends.append(len(log.received) - 1)
+                log.drain_ends.append(clock())
         else:
             while k < len(q):
                 ev = q[k]
@@ -190,6 +199,20 @@ class TracedEventBus:
                     if q:
                         drain()
 
+    def bar_seq(self, row: int) -> int | None:
+        """seq of the BAR of a dispatched `row` (traced runs; rows of the unflushed chunk or the last flushed one).
+
+        Off the hot path (error messages): the BAR of row r follows the non-BAR events of earlier rows.
+        """
+        if not self.traced or row < 0 or row > self._cur_bar:
+            return None
+        if row == self._flushed_rows - 1:
+            return self._last_bar_seq
+        if row < self._flushed_rows:
+            return None
+        rows = np.frombuffer(self._log.rt, dtype=np.int64) >> 4
+        return row + self._flushed_nonbar + int(np.searchsorted(rows, row, side="left"))
+
     # -- recording -------------------------------------------------------------------------------
     def take_batch(self, rows_done: int) -> EventBatch | None:
         """Hand over everything recorded since the last call, for rows [flushed, rows_done). O(1).
@@ -202,14 +225,21 @@ class TracedEventBus:
         if self._queue:
             raise RuntimeError("take_batch with undispatched events (drain or settle first)")
         log = self._log
-        self._log = []
+        self._log = ChunkLog()
         rx = self._bar_rx
         self._bar_rx = []
         bars = BarBlock(self._flushed_rows, rows_done, rx, self._chunk_emitted)
         before = self._flushed_nonbar
+        prev_bar_seq = self._last_bar_seq
+        if rows_done > self._flushed_rows:
+            # BAR of the batch's last row: after the events of earlier rows (the log is in row order).
+            last = rows_done - 1
+            rows = np.frombuffer(log.rt, dtype=np.int64) >> 4
+            self._last_bar_seq = last + before + int(np.searchsorted(rows, last, side="left"))
         self._flushed_rows = rows_done
         self._flushed_nonbar += len(log)
-        return EventBatch(self.correlation_id, self.anchor_wall_ns, self.anchor_mono_ns, bars, log, before)
+        return EventBatch(self.correlation_id, self.anchor_wall_ns, self.anchor_mono_ns, bars, log, before,
+                          prev_bar_seq)
 
     def flush(self, rows_done: int) -> None:
         """Pass the pending batch to the recorder, if any."""

@@ -27,8 +27,7 @@ class Event:
     event was published; it gives the event its market timestamp.
     """
 
-    __slots__ = ("type", "seq", "cause", "source", "payload", "row", "links",
-                 "emitted", "received", "processed")
+    __slots__ = ("type", "seq", "cause", "source", "payload", "row", "links")
 
     def __init__(self, type: EventType, seq: int, cause: int, source: str, payload: tuple,
                  row: int, links: list[int] | None) -> None:
@@ -39,9 +38,6 @@ class Event:
         self.payload = payload
         self.row = row
         self.links = links
-        self.emitted = 0
-        self.received = 0
-        self.processed = 0
 
     def get(self, name: str) -> Any:
         """Payload field by name (slow path, for tests and user code; handlers index the tuple)."""

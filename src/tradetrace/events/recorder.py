@@ -9,14 +9,14 @@ implements the same protocol.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from tradetrace.events.event import NO_CAUSE, Event
+from tradetrace.events.event import NO_CAUSE
 from tradetrace.events.types import (
     PAYLOAD_FIELDS,
     SCHEMA_VERSION,
@@ -86,33 +86,78 @@ def _ts(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
     return pa.array(values.astype("datetime64[ns]"), type=pa.timestamp("ns", tz="UTC"), mask=mask)
 
 
+class ChunkLog:
+    """The non-BAR events of one chunk, recorded columnar by the bus as they happen.
+
+    Typed arrays (`array('q')`) take an append as cheaply as a list but become numpy arrays without a
+    copy; payload tuples and source names stay Python objects (one append each). Dispatch is FIFO, so
+    the k-th `received` clock is the k-th published event's; an event's processing ends when the next
+    one is received, or at the clock recorded in `drain_ends` for the last event of a drain.
+    """
+
+    __slots__ = ("rt", "cause", "emitted", "source", "payload", "links", "received", "drain_ends")
+
+    def __init__(self) -> None:
+        self.rt = array("q")  # row << 4 | event type
+        self.cause = array("q")  # seq, ~row for a BAR, NO_CAUSE
+        self.emitted = array("q")  # monotonic ns at publish
+        self.source: list[str] = []
+        self.payload: list[tuple] = []
+        self.links: list[tuple[int, list[int]]] = []  # (index in chunk, links): sparse
+        self.received = array("q")  # monotonic ns at dispatch
+        self.drain_ends = array("q")  # flat (index of a drain's last event, monotonic ns)
+
+    def __len__(self) -> int:
+        return len(self.rt)
+
+
+_N_TYPES = 16  # rt packs the type in 4 bits
+assert len(EventType) <= _N_TYPES
+_TYPE_NAMES = [EventType(t).name if t < len(EventType) else "" for t in range(_N_TYPES)]
+
+
 class EventBatch:
     """One chunk of a run's events in publish order, convertible to per-type Arrow tables."""
 
-    __slots__ = ("correlation_id", "anchor_wall_ns", "anchor_mono_ns", "bars", "events", "nonbar_before",
-                 "_bar_seq_arr")
+    __slots__ = ("correlation_id", "anchor_wall_ns", "anchor_mono_ns", "bars", "log", "nonbar_before",
+                 "prev_bar_seq", "_bar_seq_arr", "_rows", "_types")
 
     def __init__(self, correlation_id: str, anchor_wall_ns: int, anchor_mono_ns: int, bars: BarBlock,
-                 events: list[Event], nonbar_before: int) -> None:
+                 log: ChunkLog, nonbar_before: int, prev_bar_seq: int | None = None) -> None:
         self.correlation_id = correlation_id
         self.anchor_wall_ns = anchor_wall_ns
         self.anchor_mono_ns = anchor_mono_ns
         self.bars = bars
-        self.events = events
+        self.log = log
         self.nonbar_before = nonbar_before
+        # seq of the BAR of row `bars.row_start - 1` (flushed in an earlier batch): events published after
+        # that flush while it was the current row (end of data, between chunks) are caused by it.
+        self.prev_bar_seq = prev_bar_seq
         self._bar_seq_arr: np.ndarray | None = None
+        rt = np.frombuffer(log.rt, dtype=np.int64)
+        self._rows = rt >> 4
+        self._types = rt & 15
 
     def __len__(self) -> int:
-        return (self.bars.row_stop - self.bars.row_start) + len(self.events)
+        return (self.bars.row_stop - self.bars.row_start) + len(self.log)
+
+    _STATE = ("correlation_id", "anchor_wall_ns", "anchor_mono_ns", "bars", "log", "nonbar_before", "prev_bar_seq")
+
+    def __getstate__(self) -> tuple:
+        """Pickle only what is recorded (a store's writer process receives batches); derived arrays are rebuilt."""
+        return tuple(getattr(self, k) for k in self._STATE)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.__init__(*state)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         n_bars = self.bars.row_stop - self.bars.row_start
         if n_bars:
             out["BAR"] = n_bars
-        for e in self.events:
-            name = EventType(e.type).name
-            out[name] = out.get(name, 0) + 1
+        for t, c in enumerate(np.bincount(self._types, minlength=_N_TYPES).tolist()):
+            if c:
+                out[_TYPE_NAMES[t]] = c
         return out
 
     def _wall(self, mono: np.ndarray) -> np.ndarray:
@@ -123,36 +168,113 @@ class EventBatch:
         """seq of each BAR: its row + the non-BAR events published before its dispatch started."""
         if self._bar_seq_arr is None:
             b = self.bars
-            log = self.events
-            nonbar_rows = np.fromiter((e.row for e in log), dtype=np.int64, count=len(log))
             rows = np.arange(b.row_start, b.row_stop, dtype=np.int64)
-            self._bar_seq_arr = rows + self.nonbar_before + np.searchsorted(nonbar_rows, rows, side="left")
+            self._bar_seq_arr = rows + self.nonbar_before + np.searchsorted(self._rows, rows, side="left")
         return self._bar_seq_arr
 
-    def _bar_seq(self, row: int) -> int:
+    def _bar_seqs(self, rows: np.ndarray) -> np.ndarray:
+        """seq of the BARs of `rows` (rows of this batch, or the row just before it)."""
         b = self.bars
-        if not b.row_start <= row < b.row_stop:
-            raise ValueError(f"cause refers to BAR row {row} outside batch rows [{b.row_start}, {b.row_stop})")
-        return int(self.bar_seq[row - b.row_start])
+        prev = rows == b.row_start - 1
+        if self.prev_bar_seq is not None and prev.any():
+            out = np.full(len(rows), self.prev_bar_seq, dtype=np.int64)
+            out[~prev] = self._bar_seqs(rows[~prev])
+            return out
+        if len(rows) and (rows.min() < b.row_start or rows.max() >= b.row_stop):
+            raise ValueError(f"cause refers to a BAR row outside batch rows [{b.row_start}, {b.row_stop})")
+        return self.bar_seq[rows - b.row_start]
 
-    def _resolve(self, ref: int) -> int | None:
-        if ref == NO_CAUSE:
-            return None
-        return ref if ref >= 0 else self._bar_seq(~ref)
+    def _resolve(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Causes/links as seqs: (values, null mask). Negative refs are BAR rows (~row)."""
+        out = refs.copy()
+        null = out == NO_CAUSE
+        bar = (out < 0) & ~null
+        if bar.any():
+            out[bar] = self._bar_seqs(~out[bar])
+        return out, null
 
     def tables(self, market: MarketData) -> dict[EventType, pa.Table]:
         """Typed Arrow tables, one per event type present, rows in seq order."""
         out: dict[EventType, pa.Table] = {}
-        b = self.bars
-        n = b.row_stop - b.row_start
-        if n:
+        if self.bars.row_stop > self.bars.row_start:
             out[EventType.BAR] = self._bar_table(market)
-        by_type: dict[int, list[Event]] = {}
-        for e in self.events:
-            by_type.setdefault(e.type, []).append(e)
-        for t, evs in by_type.items():
-            out[EventType(t)] = self._event_table(EventType(t), evs, market)
-        return out
+        log = self.log
+        n = len(log)
+        if not n:
+            return out
+        # Columns of every event at once (vectorized), then one take per type.
+        rows = self._rows
+        seq = rows + 1 + self.nonbar_before + np.arange(n, dtype=np.int64)
+        ts = market.ts[np.maximum(rows, 0)] if len(market.ts) else np.zeros(n, dtype=np.int64)
+        cause, cause_null = self._resolve(np.frombuffer(log.cause, dtype=np.int64))
+        emitted = self._wall(np.frombuffer(log.emitted, dtype=np.int64))
+        received = np.zeros(n, dtype=np.int64)
+        processed = np.zeros(n, dtype=np.int64)
+        rx = np.frombuffer(log.received, dtype=np.int64)
+        m = len(rx)  # events dispatched (all of them unless the run failed)
+        received[:m] = self._wall(rx)
+        if m > 1:
+            processed[: m - 1] = received[1:m]
+        ends = np.frombuffer(log.drain_ends, dtype=np.int64).reshape(-1, 2)
+        if len(ends):
+            processed[ends[:, 0]] = self._wall(ends[:, 1])
+        rx_null = np.arange(n) >= m
+        px_null = rx_null | ~self._processed_known(m, ends, n)
+        sources = pa.array(log.source, type=pa.string())
+        links = self._links(n)
+        for t in np.unique(self._types).tolist():
+            idx = np.flatnonzero(self._types == t)
+            etype = EventType(t)
+            k = len(idx)
+            pick = pa.array(idx)
+            cols: list[Any] = [
+                pa.repeat(self.correlation_id, k),
+                pa.array(seq[idx]),
+                pa.repeat(etype.name, k),
+                _ts(ts[idx]),
+                pa.array(cause[idx], mask=cause_null[idx]),
+                sources.take(pick),
+                _ts(emitted[idx]),  # created == emitted: events are published as they are built
+                _ts(emitted[idx]),
+                _ts(received[idx], rx_null[idx]),  # never received: published, then the run failed
+                _ts(processed[idx], px_null[idx]),
+                pa.array(np.full(k, SCHEMA_VERSION, dtype=np.int16)),
+                links.take(pick),
+            ]
+            payloads = [log.payload[i] for i in idx.tolist()]
+            fields = PAYLOAD_FIELDS[etype]
+            for (_, typ), values in zip(fields, zip(*payloads, strict=True), strict=True):
+                cols.append(_col(values, typ))
+            out[etype] = pa.Table.from_arrays(cols, schema=event_schema(etype))
+        return dict(sorted(out.items()))
+
+    @staticmethod
+    def _processed_known(m: int, ends: np.ndarray, n: int) -> np.ndarray:
+        """Which events have a known end of processing: followed in their drain, or ending one."""
+        known = np.zeros(n, dtype=bool)
+        if m == 0:
+            return known
+        is_end = np.zeros(m, dtype=bool)
+        if len(ends):
+            is_end[ends[:, 0]] = True
+        known[:m] = is_end
+        # k < m-1 not ending a drain: the next event k+1 was received in the same drain
+        known[: m - 1] |= ~is_end[: m - 1]
+        return known
+
+    def _links(self, n: int) -> pa.Array:
+        if not self.log.links:
+            return pa.nulls(n, type=pa.list_(pa.int64()))
+        sizes = np.zeros(n, dtype=np.int32)
+        has = np.zeros(n, dtype=bool)
+        flat: list[int] = []
+        for i, lk in self.log.links:
+            sizes[i] = len(lk)
+            has[i] = True
+            flat.extend(lk)
+        values, _ = self._resolve(np.array(flat, dtype=np.int64))
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~has))
 
     def _bar_table(self, market: MarketData) -> pa.Table:
         b = self.bars
@@ -161,15 +283,13 @@ class EventBatch:
         emitted = np.full(n, self._wall(np.int64(b.emitted_ns)), dtype=np.int64)
         received = np.zeros(n, dtype=np.int64)
         processed = np.zeros(n, dtype=np.int64)
-        mask = np.ones(n, dtype=bool)  # True = null
+        mask = np.ones(n, dtype=bool)  # True = null: BAR clocks are sampled
         sampled = b.sampled
         if len(sampled):
             idx = sampled[:, 0] - b.row_start
             received[idx] = self._wall(sampled[:, 1])
             processed[idx] = self._wall(sampled[:, 2])
             mask[idx] = False
-        rx = pa.array(received.astype("datetime64[ns]"), type=pa.timestamp("ns", tz="UTC"), mask=mask)
-        px = pa.array(processed.astype("datetime64[ns]"), type=pa.timestamp("ns", tz="UTC"), mask=mask)
         sym = pa.DictionaryArray.from_arrays(pa.array(market.symbol_idx[sl].astype(np.int32)),
                                              pa.array(market.symbols)).cast(pa.string())
         cols = [
@@ -181,8 +301,8 @@ class EventBatch:
             pa.repeat("data", n),
             _ts(emitted),
             _ts(emitted),
-            rx,
-            px,
+            _ts(received, mask),
+            _ts(processed, mask),
             pa.array(np.full(n, SCHEMA_VERSION, dtype=np.int16)),
             pa.nulls(n, type=pa.list_(pa.int64())),
             sym,
@@ -193,62 +313,6 @@ class EventBatch:
             pa.array(market.volume[sl]),
         ]
         return pa.Table.from_arrays(cols, schema=event_schema(EventType.BAR))
-
-    def _event_table(self, t: EventType, evs: list[Event], market: MarketData) -> pa.Table:
-        # Transpose with C-level iteration (attrgetter + zip): this runs once per recorded event and,
-        # with a store, competes with the engine for the GIL.
-        n = len(evs)
-        seqs, causes, sources, rows, emitted, rx, px, links, payloads = zip(*map(_FIELDS, evs), strict=True)
-        rows_a = np.maximum(np.array(rows, dtype=np.int64), 0)
-        ts = market.ts[rows_a] if len(market.ts) else np.zeros(n, dtype=np.int64)
-        rx_mono = np.array(rx, dtype=np.int64)
-        px_mono = np.array(px, dtype=np.int64)
-        cause_arr = np.array(causes, dtype=np.int64)
-        cause_null = cause_arr == NO_CAUSE
-        bar_refs = (cause_arr < 0) & ~cause_null
-        if bar_refs.any():
-            cause_arr[bar_refs] = self._bar_seqs(~cause_arr[bar_refs])
-        links_col = self._links(links, n)
-        cols: list[Any] = [
-            pa.repeat(self.correlation_id, n),
-            pa.array(np.array(seqs, dtype=np.int64)),
-            pa.repeat(t.name, n),
-            _ts(ts),
-            pa.array(cause_arr, mask=cause_null),
-            pa.array(sources, type=pa.string()),
-            _ts(self._wall(np.array(emitted, dtype=np.int64))),  # created == emitted: built as published
-            _ts(self._wall(np.array(emitted, dtype=np.int64))),
-            _ts(self._wall(rx_mono), rx_mono == 0),  # never received: published, then the run failed
-            _ts(self._wall(px_mono), px_mono == 0),
-            pa.array(np.full(n, SCHEMA_VERSION, dtype=np.int16)),
-            links_col,
-        ]
-        fields = PAYLOAD_FIELDS[t]
-        columns = list(zip(*payloads, strict=True))
-        for (_, typ), values in zip(fields, columns, strict=True):
-            cols.append(_col(values, typ))
-        return pa.Table.from_arrays(cols, schema=event_schema(t))
-
-    def _links(self, links: tuple, n: int) -> pa.Array:
-        if all(x is None for x in links):
-            return pa.nulls(n, type=pa.list_(pa.int64()))
-        sizes = np.fromiter((0 if x is None else len(x) for x in links), dtype=np.int32, count=n)
-        flat = np.fromiter((v for x in links if x is not None for v in x), dtype=np.int64, count=int(sizes.sum()))
-        bar = flat < 0
-        if bar.any():
-            flat[bar] = self._bar_seqs(~flat[bar])
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-        mask = pa.array(np.fromiter((x is None for x in links), dtype=bool, count=n))
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=mask)
-
-    def _bar_seqs(self, rows: np.ndarray) -> np.ndarray:
-        b = self.bars
-        if len(rows) and (rows.min() < b.row_start or rows.max() >= b.row_stop):
-            raise ValueError(f"cause refers to a BAR row outside batch rows [{b.row_start}, {b.row_stop})")
-        return self.bar_seq[rows - b.row_start]
-
-
-_FIELDS = attrgetter("seq", "cause", "source", "row", "emitted", "received", "processed", "links", "payload")
 
 
 class MemoryRecorder:

@@ -1,18 +1,182 @@
 """The Parquet event store (issue 3): durable, compact, queryable lineage for every run.
 
-Interim: until the store lands, `recorder_for` keeps events in memory.
+`EventStore` is the one entry point: it hands out recorders (the writing side, `writer.py`) and
+answers questions about stored runs (`reader.py`, `queries.py`, `maintenance.py`). Layout and the
+partitioning decision: `layout.py`; encodings: `codec.py`; sampling: `sampling.py`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from tradetrace.events.recorder import MemoryRecorder, Recorder
+import pyarrow as pa
+
+from tradetrace.events.event import parse_event_id
+from tradetrace.events.lineage import Lineage
+from tradetrace.events.recorder import Recorder
+from tradetrace.events.types import EventType
+from tradetrace.paths import events_dir
+from tradetrace.store import maintenance, queries
+from tradetrace.store.layout import StoreError, check_run_id
+from tradetrace.store.reader import RunReader, concat_by_seq, run_record
+from tradetrace.store.sampling import Sampling
+from tradetrace.store.writer import StoreRecorder, Terminated
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import polars as pl
+
     from tradetrace.config import RunConfig
+
+__all__ = ["EventStore", "StoreError", "StoreRecorder", "Sampling", "Terminated", "recorder_for"]
+
+
+class EventStore:
+    """A folder of runs' events (hive-partitioned Parquet) plus a small per-run catalog."""
+
+    def __init__(self, root: str | Path | None = None, *, compression: str = "zstd") -> None:
+        if compression not in ("zstd", "snappy"):
+            raise StoreError(f"compression {compression!r} not one of zstd, snappy")
+        self.root = events_dir(str(root) if root is not None else None)
+        self.compression = compression
+
+    def __repr__(self) -> str:
+        return f"EventStore({str(self.root)!r})"
+
+    # -- writing ---------------------------------------------------------------------------------
+    def recorder(self, durability_events: int = 262_144, durability_ms: int = 1_000, queue_batches: int = 8,
+                 sampling: Sampling | None = None, compression: str | None = None,
+                 compact_on_end: bool = False, mode: str | None = None) -> StoreRecorder:
+        """A recorder for one run (pass it to run_backtest, or let `recorder_for` build it from config).
+
+        `mode`: where the writer runs, "process" (default where fork is available) or "thread".
+        """
+        return StoreRecorder(self.root, compression=compression or self.compression,
+                             durability_events=durability_events, durability_ms=durability_ms,
+                             queue_batches=queue_batches, sampling=sampling, compact_on_end=compact_on_end,
+                             mode=mode)
+
+    # -- catalog ---------------------------------------------------------------------------------
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run: run_id, name, strategy, sweep_id, status, reason, event_count, counts, start/end
+        wall time (ns), lost_seq ([first, last or None]) when incomplete, stored_count (< event_count
+        when sampled). Newest first."""
+        out = [self._public(run_record(self.root, r)) for r in maintenance.run_ids(self.root)]
+        return sorted(out, key=lambda m: m.get("started_wall_ns") or 0, reverse=True)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run's record (see `runs`); StoreError for an unknown or invalid id."""
+        return self._public(run_record(self.root, check_run_id(run_id)))
+
+    @staticmethod
+    def _public(m: dict[str, Any]) -> dict[str, Any]:
+        keys = ("run_id", "name", "strategy", "sweep_id", "status", "reason", "event_count", "counts",
+                "stored_count", "started_wall_ns", "ended_wall_ns", "lost_seq", "durable_seq_hi", "date",
+                "sampling", "compacted", "params")
+        return {k: m.get(k) for k in keys}
+
+    def _reader(self, run_id: str) -> RunReader:
+        return RunReader(self.root, check_run_id(run_id))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def load_events(self, run_id: str, types: list[str] | None = None, start: Any = None,
+                    end: Any = None) -> pa.Table:
+        """All events of a run (optionally some types, market time in [start, end)) as one Arrow table
+        sorted by seq; payload columns of other types are null."""
+        reader = self._reader(run_id)
+        wanted = None
+        if types is not None:
+            try:
+                wanted = [EventType[t.upper()] for t in types]
+            except KeyError as exc:
+                raise StoreError(f"unknown event type {exc.args[0]!r}") from None
+            wanted = [t for t in wanted if t in reader.types]
+            if not wanted:
+                return concat_by_seq({})
+        return concat_by_seq(reader.load(wanted, start, end))
+
+    def load_events_df(self, run_id: str, types: list[str] | None = None, start: Any = None,
+                       end: Any = None) -> pd.DataFrame:
+        return self.load_events(run_id, types, start, end).to_pandas()
+
+    def load_events_pl(self, run_id: str, types: list[str] | None = None, start: Any = None,
+                       end: Any = None) -> pl.DataFrame:
+        import polars as pl
+
+        return pl.from_arrow(self.load_events(run_id, types, start, end))
+
+    def _split(self, event_id: str) -> tuple[RunReader, int]:
+        try:
+            run, seq = parse_event_id(event_id)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        return self._reader(run), seq
+
+    def event(self, event_id: str) -> pa.Table:
+        """One event as a one-row table; StoreError if absent."""
+        reader, seq = self._split(event_id)
+        row = reader.lookup(seq)
+        if row is None:
+            raise StoreError(f"unknown event id {event_id!r}")
+        return row
+
+    def lineage(self, event_id: str) -> queries.EventLineage:
+        """The event, its ancestors (causes up to the run start) and its descendants."""
+        reader, seq = self._split(event_id)
+        try:
+            return queries.lineage(reader, seq)
+        except KeyError:
+            raise StoreError(f"unknown event id {event_id!r}") from None
+
+    def trace(self, event_id: str) -> Lineage:
+        """The causation chain from an event back to the BAR that started it (as `result.trace`)."""
+        from tradetrace.events.lineage import walk_back
+
+        reader, seq = self._split(event_id)
+        try:
+            return walk_back(reader.lookup, seq)
+        except KeyError:
+            raise StoreError(f"unknown event id {event_id!r}") from None
+
+    def trade_lineage(self, run_id: str) -> pa.Table:
+        """One row per closed trade: entry/exit SIGNAL, ORDER, FILL ids, the close event id, P&L."""
+        return queries.trade_lineage(self._reader(run_id))
+
+    def find_signal_to_fill_path(self, fill_id: str) -> Lineage:
+        """FILL -> ORDER -> SIGNAL chain of one fill (ends at the triggering BAR for stop exits)."""
+        reader, seq = self._split(fill_id)
+        try:
+            return queries.signal_to_fill_path(reader, seq)
+        except KeyError:
+            raise StoreError(f"unknown event id {fill_id!r}") from None
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+
+    def latency_report(self, run_id: str) -> pa.Table:
+        """Per event type: count, mean/p50/p95/p99/max of queue and processing time in microseconds."""
+        return queries.latency_report(self._reader(run_id))
+
+    # -- maintenance -----------------------------------------------------------------------------
+    def verify(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Gapless seq, causation integrity, per-type counts, for one run or the whole store."""
+        return maintenance.verify(self.root, run_id)
+
+    def compact(self, run_id: str | None = None) -> list[str]:
+        """One file per run and type for finished runs; returns the runs rewritten."""
+        return maintenance.compact(self.root, run_id)
+
+    def prune(self, older_than_days: float | None = None, keep_last: int | None = None,
+              sweep_id: str | None = None) -> list[str]:
+        """Retention: delete finished runs by age, beyond the newest N, or of one sweep."""
+        return maintenance.prune(self.root, older_than_days, keep_last, sweep_id)
 
 
 def recorder_for(cfg: RunConfig) -> Recorder:
-    """The recorder a traced run writes to when the caller gave none."""
-    return MemoryRecorder()
+    """The recorder a traced run writes to when the caller gave none: the event store of `cfg.store`."""
+    s = cfg.store
+    sampling = None
+    if s.sampling.enabled:
+        sampling = Sampling(context=s.sampling.context, base_rate=s.sampling.base_rate, seed=s.sampling.seed)
+    return EventStore(s.path).recorder(s.durability_events, s.durability_ms, s.queue_batches, sampling,
+                                       s.compression)

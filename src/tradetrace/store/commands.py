@@ -1,9 +1,118 @@
-"""CLI commands of the event store: trace, events, latency, store compact|prune|verify."""
+"""CLI commands of the event store: trace, events, latency, store compact|prune|verify.
+
+(`tradetrace runs` belongs to the analytics commands; it falls back to `EventStore.runs()`.)
+Exit codes: 0 ok, 1 verification found problems, 2 bad input (unknown run or event id, unsafe id).
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Optional
+
 import typer
+from rich.table import Table
+
+from tradetrace.store import EventStore, StoreError
+
+
+def _store(root: str | None) -> EventStore:
+    return EventStore(root)
 
 
 def register(app: typer.Typer) -> None:
     """Add the store's commands to the `tradetrace` app."""
+    from tradetrace.cli import fail, out
+
+    store_app = typer.Typer(no_args_is_help=True, help="Maintain the event store: compact, prune, verify.")
+    root_opt = typer.Option(None, "--root", help="event store folder (default $TRADETRACE_EVENTS)")
+
+    @app.command()
+    def trace(event_id: str = typer.Argument(..., help="<run id>:<seq>"), root: Optional[str] = root_opt) -> None:  # noqa: UP045
+        """Why did this event happen: its causation chain back to the BAR that started it."""
+        try:
+            out.print(str(_store(root).trace(event_id)), highlight=False)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+
+    @app.command()
+    def events(run_id: str = typer.Argument(...), type_: Optional[list[str]] = typer.Option(  # noqa: UP045
+            None, "--type", help="only these event types (repeatable)"),
+            limit: int = typer.Option(20, "--limit", min=0, help="rows to print (0: all)"),
+            as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+            root: Optional[str] = root_opt) -> None:  # noqa: UP045
+        """Print a run's events in seq order."""
+        try:
+            tab = _store(root).load_events(run_id, types=type_)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+        if limit:
+            tab = tab.slice(0, limit)
+        cols = [c for c in tab.column_names if tab.column(c).null_count < tab.num_rows]
+        rows = tab.select(cols).to_pylist()
+        if as_json:
+            for r in rows:
+                print(json.dumps(r, default=str))
+            return
+        t = Table(show_header=True, header_style="bold")
+        shown = [c for c in cols if c not in ("correlation_id", "version", "links", "created_at")]
+        for c in shown:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*[str(r[c]) for c in shown])
+        out.print(t)
+
+    @app.command()
+    def latency(run_id: str = typer.Argument(...), root: Optional[str] = root_opt) -> None:  # noqa: UP045
+        """Queue and processing time per event type (microseconds)."""
+        try:
+            rep = _store(root).latency_report(run_id)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+        t = Table(title=f"latency of run {run_id} (us)", header_style="bold")
+        for c in rep.column_names:
+            if c == "event_type":
+                t.add_column(c, no_wrap=True, min_width=16)
+            else:
+                t.add_column(c, justify="right")
+        for r in rep.to_pylist():
+            t.add_row(*[f"{v:,.1f}" if isinstance(v, float) else str(v) for v in r.values()])
+        out.print(t)
+
+    @store_app.command("compact")
+    def compact_cmd(run_id: Optional[str] = typer.Argument(None), root: Optional[str] = root_opt) -> None:  # noqa: UP045
+        """Rewrite finished runs as one file per run and type."""
+        try:
+            done = _store(root).compact(run_id)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+        out.print(f"compacted {len(done)} run(s)")
+
+    @store_app.command("prune")
+    def prune_cmd(older_than_days: Optional[float] = typer.Option(None, "--older-than-days"),  # noqa: UP045
+                  keep_last: Optional[int] = typer.Option(None, "--keep-last"),  # noqa: UP045
+                  sweep: Optional[str] = typer.Option(None, "--sweep"),  # noqa: UP045
+                  root: Optional[str] = root_opt) -> None:  # noqa: UP045
+        """Delete finished runs by age, beyond the newest N, or of one sweep."""
+        try:
+            gone = _store(root).prune(older_than_days, keep_last, sweep)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+        out.print(f"deleted {len(gone)} run(s)")
+
+    @store_app.command("verify")
+    def verify_cmd(run_id: Optional[str] = typer.Argument(None), root: Optional[str] = root_opt) -> None:  # noqa: UP045
+        """Check gapless seq, causation integrity and per-type counts (exit 1 on problems)."""
+        try:
+            reports = _store(root).verify(run_id)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+        bad = 0
+        for r in reports:
+            state = "ok" if r["ok"] else "PROBLEMS: " + "; ".join(r["problems"])
+            lost = f" lost seq {r['lost_seq']}" if r["lost_seq"] else ""
+            out.print(f"{r['run_id']} {r['status']} {r['events']:,} events{lost}: {state}", highlight=False)
+            bad += not r["ok"]
+        if bad:
+            raise typer.Exit(1)
+
+    app.add_typer(store_app, name="store")

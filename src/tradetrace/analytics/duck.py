@@ -1,0 +1,87 @@
+"""The embedded backend: one DuckDB file (the default, `$TRADETRACE_HOME/analytics.duckdb`).
+
+DuckDB allows one writing process per file. A process that finds the file locked by another writer
+retries for `LOCK_WAIT_S` (two `tradetrace run` at once then queue rather than fail); sweeps never
+hit this because only their coordinator writes (see `tradetrace.sweep.runner`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from tradetrace.analytics.db import Database, DatabaseError
+
+LOCK_WAIT_S = 30.0
+
+
+def _path(url: str) -> Path:
+    """`duckdb:///abs/file`, `duckdb://rel/file` or a plain path."""
+    return Path(url.removeprefix("duckdb://"))
+
+
+class DuckDatabase(Database):
+    dialect = "duckdb"
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        self.url = url
+        self.path = _path(url)
+        if read_only and not self.path.exists():
+            raise DatabaseError(f"no analytics database at {self.path} (run a backtest or `tradetrace etl` first)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                self.con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise DatabaseError(f"cannot open DuckDB file {self.path}: {str(exc).splitlines()[0]}") from None
+                time.sleep(0.05)
+        self._src = 0
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        self.con.execute(sql, list(params) if params is not None else None)
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
+        cur = self.con.execute(sql, list(params) if params is not None else None)
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return cols, cur.fetchall() if cols else []
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        res = self.con.execute(sql, list(params) if params is not None else None)
+        table = res.fetch_arrow_table() if hasattr(res, "fetch_arrow_table") else res.arrow()
+        return table if isinstance(table, pa.Table) else table.read_all()
+
+    def load(self, table: str, data: pa.Table) -> int:
+        if data.num_rows == 0:
+            return 0
+        self._src += 1
+        name = f"_tt_load_{self._src}"
+        self.con.register(name, data)
+        try:
+            cols = ", ".join(f'"{c}"' for c in data.column_names)
+            self.con.execute(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM {name}')
+        finally:
+            self.con.unregister(name)
+        return data.num_rows
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,33 @@
+"""The common questions asked of the analytics database, as bound, index-friendly SQL.
+
+`top_runs` is what `tradetrace runs` and the benchmark run: the best runs by a metric with optional
+filters. Filters are bound parameters; the sort column comes from `SORTABLE` (identifiers cannot be
+bound, so they are whitelisted).
+"""
+
+from __future__ import annotations
+
+from tradetrace.analytics.db import Database
+
+SORTABLE = ("sharpe", "sortino", "total_return", "annual_return", "max_drawdown", "win_rate", "profit_factor",
+            "total_trades", "avg_trade_duration", "final_equity", "event_count", "created_at")
+RUN_COLUMNS = ("correlation_id", "strategy_type", "parameters", "sharpe", "total_return", "max_drawdown", "win_rate",
+               "total_trades", "market_regime", "volatility_regime", "status")
+
+
+def top_runs(db: Database, top: int = 10, by: str = "sharpe", *, strategy: str | None = None,
+             sweep: str | None = None, regime: str | None = None, volatility: str | None = None,
+             status: str | None = None, ascending: bool = False) -> tuple[list[str], list[tuple]]:
+    """The `top` runs by `by` (NULLs last), filtered; `strategy` matches the strategy type or the run name."""
+    if by not in SORTABLE:
+        raise ValueError(f"sort column {by!r} not one of {', '.join(SORTABLE)}")
+    where, args = [], []
+    for cond, value in (("(strategy_type = ? OR run_name = ?)", strategy), ("sweep_id = ?", sweep),
+                        ("market_regime = ?", regime), ("volatility_regime = ?", volatility), ("status = ?", status)):
+        if value is not None:
+            where.append(cond)
+            args.extend([value] * cond.count("?"))
+    sql = (f"SELECT {', '.join(RUN_COLUMNS)} FROM optimization_runs"
+           + (f" WHERE {' AND '.join(where)}" if where else "")
+           + f" ORDER BY {by} {'ASC' if ascending else 'DESC'} NULLS LAST LIMIT ?")
+    return db.query(sql, [*args, int(top)])

@@ -1,0 +1,150 @@
+"""Where a run's files live in the event store, and how they are written without ever being torn.
+
+Layout (hive partitioning, DESIGN.md decision 3):
+
+    <root>/date=<YYYY-MM-DD>/event_type=<TYPE>/<run_id>-s<segment>.parquet   segments, while a run is written
+    <root>/date=<YYYY-MM-DD>/event_type=<TYPE>/<run_id>.parquet              one file per run and type, compacted
+    <root>/_runs/<run_id>.json       the run's manifest (catalog): info, status, counts, files
+    <root>/_runs/<run_id>.journal    append-only, one JSON line per durable segment
+
+`date` is the run's wall-clock start date (UTC), not the market date: a 1M-minute-bar run spans years
+of market time and would otherwise scatter into thousands of tiny files; with the start date a run
+has one file per type after compaction and retention by age is a directory listing.
+Every write goes to a temporary name (`*.tmp`, never matched by `*.parquet` globs), is fsynced,
+renamed into place and its directory fsynced (decision 4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RUNS_DIR = "_runs"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class StoreError(ValueError):
+    """Bad input to the store (unknown run or event, unsafe path); the message is one line."""
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id safe to use as a file name: no separators, no `..`, never escapes the store root."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+        raise StoreError(f"invalid run id {run_id!r}: expected letters, digits, '-', '_' or '.'")
+    return run_id
+
+
+def inside(root: Path, path: Path) -> Path:
+    """`path` resolved, if it is under `root`; a StoreError naming it otherwise."""
+    r = root.resolve()
+    p = path.resolve()
+    if p != r and r not in p.parents:
+        raise StoreError(f"path {str(path)!r} escapes the event store root {str(root)!r}")
+    return p
+
+
+def start_date(started_wall_ns: int) -> str:
+    """The run's partition date: its wall-clock start, UTC."""
+    return datetime.fromtimestamp(started_wall_ns / 1e9, tz=UTC).date().isoformat()
+
+
+def type_dir(root: Path, date: str, type_name: str) -> Path:
+    return root / f"date={date}" / f"event_type={type_name}"
+
+
+def segment_name(run_id: str, segment: int) -> str:
+    return f"{run_id}-s{segment:06d}.parquet"
+
+
+def compact_name(run_id: str) -> str:
+    return f"{run_id}.parquet"
+
+
+def manifest_path(root: Path, run_id: str) -> Path:
+    return root / RUNS_DIR / f"{check_run_id(run_id)}.json"
+
+
+def journal_path(root: Path, run_id: str) -> Path:
+    return root / RUNS_DIR / f"{check_run_id(run_id)}.journal"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p, fsyncing each parent that got a new entry (a new partition must survive a crash)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)  # another process may create it at the same moment
+        fsync_dir(d.parent)
+
+
+def tmp_name(final: Path) -> Path:
+    """A temporary sibling unique to this process and thread (concurrent writers never collide)."""
+    import threading
+
+    return final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """fsync `tmp`, rename it to `final` atomically, fsync the directory."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Replace a JSON file atomically and durably."""
+    make_dirs(path.parent)
+    tmp = tmp_name(path)
+    tmp.write_text(json.dumps(obj, sort_keys=True, default=str))
+    commit(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def append_journal(path: Path, record: dict[str, Any]) -> None:
+    """Append one line and fsync: a segment counts only once its line is durable."""
+    make_dirs(path.parent)
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        fsync_dir(path.parent)
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Committed segment records; a torn last line (killed mid-append) is not a commit and is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.endswith("}"):
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # torn write: the segment it described was never committed
+    return out

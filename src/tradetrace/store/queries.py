@@ -1,0 +1,158 @@
+"""The "why" questions over stored runs: lineage, trade chains, latency statistics.
+
+All of them work from integer seqs and causation_seq columns (vectorized with numpy); events are
+materialized as TracedEvents only for the handful of rows a person looks at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from tradetrace.events.event import TracedEvent, make_event_id
+from tradetrace.events.lineage import Lineage, to_traced, walk_back
+from tradetrace.events.types import EventType
+from tradetrace.store.reader import RunReader
+
+
+@dataclass(frozen=True, slots=True)
+class EventLineage:
+    """An event, its causes back to the run start (newest first) and every event it caused."""
+
+    event: TracedEvent
+    ancestors: list[TracedEvent]
+    descendants: pa.Table  # seq, event_id, event_type, causation_seq of every descendant, in seq order
+
+
+def lineage(reader: RunReader, seq: int) -> EventLineage:
+    """Ancestors by causation up to RUN_START; descendants by the transitive causation closure.
+
+    BARs are caused by the run start; they are not listed among RUN_START's descendants (that would
+    be the whole run)."""
+    chain = walk_back(reader.lookup, seq, stop_at="RUN_START")
+    tabs = reader.load([t for t in reader.types if t != EventType.BAR], columns=["seq", "causation_seq"])
+    seqs = np.concatenate([t.column("seq").to_numpy() for t in tabs.values()]) if tabs else np.array([], np.int64)
+    causes = np.concatenate([t.column("causation_seq").fill_null(-1).to_numpy() for t in tabs.values()]) \
+        if tabs else np.array([], np.int64)
+    types = np.concatenate([np.full(tab.num_rows, t.name, dtype=object) for t, tab in tabs.items()]) \
+        if tabs else np.array([], dtype=object)
+    found = np.zeros(len(seqs), dtype=bool)
+    frontier = np.array([seq], dtype=np.int64)
+    while len(frontier):
+        hit = np.isin(causes, frontier) & ~found
+        found |= hit
+        frontier = seqs[hit]
+    order = np.argsort(seqs[found], kind="stable")
+    d_seq = seqs[found][order]
+    run = reader.run_id
+    desc = pa.table({
+        "seq": pa.array(d_seq, type=pa.int64()),
+        "event_id": pa.array([make_event_id(run, int(s)) for s in d_seq], type=pa.string()),
+        "event_type": pa.array(types[found][order].tolist(), type=pa.string()),
+        "causation_seq": pa.array(causes[found][order], type=pa.int64()),
+    })
+    return EventLineage(chain.chain[0], chain.chain[1:], desc)
+
+
+def signal_to_fill_path(reader: RunReader, seq: int) -> Lineage:
+    """FILL -> ORDER -> SIGNAL (or the BAR/RISK_BREACH that caused the order when there was no signal)."""
+    row = reader.lookup(seq)
+    if row is None:
+        raise KeyError(f"no event {make_event_id(reader.run_id, seq)}")
+    etype = row.column("event_type")[0].as_py()
+    if etype != "FILL":
+        raise ValueError(f"event {make_event_id(reader.run_id, seq)} is a {etype}, not a FILL")
+    path = walk_back(reader.lookup, seq, stop_at="SIGNAL")
+    if path.find("SIGNAL") is None:  # a stop or an end-of-data close: stop at the BAR that triggered it
+        path = walk_back(reader.lookup, seq, stop_at="BAR")
+    return path
+
+
+def _cause_of(tab: pa.Table | None) -> tuple[np.ndarray, np.ndarray]:
+    if tab is None:
+        return np.array([], np.int64), np.array([], np.int64)
+    return tab.column("seq").to_numpy(), tab.column("causation_seq").fill_null(-1).to_numpy()
+
+
+def _lookup(keys: np.ndarray, seqs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values[seqs == key] per key, -1 where absent (seqs sorted)."""
+    if not len(seqs):
+        return np.full(len(keys), -1, dtype=np.int64)
+    k = np.clip(np.searchsorted(seqs, keys), 0, len(seqs) - 1)
+    return np.where((seqs[k] == keys) & (keys >= 0), values[k], -1)
+
+
+def trade_lineage(reader: RunReader) -> pa.Table:
+    """One row per closed trade: entry/exit SIGNAL, ORDER, FILL, the close event ids, P&L."""
+    want = [EventType.POSITION_CLOSE, EventType.FILL, EventType.ORDER, EventType.SIGNAL]
+    tabs = reader.load([t for t in want if t in reader.types],
+                       columns=None)
+    close = tabs.get(EventType.POSITION_CLOSE)
+    if close is None or close.num_rows == 0:
+        close = pa.table({c: pa.array([], type=t) for c, t in [
+            ("seq", pa.int64()), ("causation_seq", pa.int64()), ("entry_seq", pa.int64()), ("trade_id", pa.int64()),
+            ("symbol", pa.string()), ("side", pa.int8()), ("quantity", pa.float64()), ("pnl", pa.float64()),
+            ("pnl_pct", pa.float64()), ("exit_reason", pa.string())]})
+    f_seq, f_cause = _cause_of(tabs.get(EventType.FILL))
+    o_seq, o_cause = _cause_of(tabs.get(EventType.ORDER))
+    s_seq = tabs[EventType.SIGNAL].column("seq").to_numpy() if EventType.SIGNAL in tabs else np.array([], np.int64)
+    close_seq = close.column("seq").to_numpy()
+    exit_fill = close.column("causation_seq").fill_null(-1).to_numpy()
+    entry_fill = close.column("entry_seq").fill_null(-1).to_numpy()
+
+    def chain(fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = _lookup(fill, f_seq, f_cause)
+        sig = _lookup(order, o_seq, o_cause)
+        is_sig = np.isin(sig, s_seq) & (sig >= 0)
+        return order, np.where(is_sig, sig, -1)
+
+    entry_order, entry_signal = chain(entry_fill)
+    exit_order, exit_signal = chain(exit_fill)
+    run = reader.run_id
+
+    def ids(a: np.ndarray) -> pa.Array:
+        return pa.array([make_event_id(run, int(s)) if s >= 0 else None for s in a], type=pa.string())
+
+    return pa.table({
+        "trade_id": close.column("trade_id"), "symbol": close.column("symbol"), "side": close.column("side"),
+        "quantity": close.column("quantity"),
+        "entry_signal_id": ids(entry_signal), "entry_order_id": ids(entry_order), "entry_fill_id": ids(entry_fill),
+        "exit_signal_id": ids(exit_signal), "exit_order_id": ids(exit_order), "exit_fill_id": ids(exit_fill),
+        "close_id": ids(close_seq), "pnl": close.column("pnl"), "pnl_pct": close.column("pnl_pct"),
+        "exit_reason": close.column("exit_reason"),
+    })
+
+
+def latency_report(reader: RunReader) -> pa.Table:
+    """Per event type: count, mean, p50, p95, p99, max of queue and processing time (microseconds).
+
+    queue = received_at - emitted_at, processing = processed_at - received_at; events without clocks
+    (BARs between clock samples, events never dispatched) count in `count` but not in the statistics."""
+    rows: dict[str, list] = {k: [] for k in ("event_type", "count", "timed")}
+    stats = ("mean", "p50", "p95", "p99", "max")
+    for prefix in ("queue", "proc"):
+        for s in stats:
+            rows[f"{prefix}_{s}_us"] = []
+    for t, tab in reader.load(columns=["emitted_at", "received_at", "processed_at"]).items():
+        em, rx, px = (tab.column(c).cast(pa.int64()) for c in ("emitted_at", "received_at", "processed_at"))
+        valid = ~(np.asarray(rx.is_null()) | np.asarray(px.is_null()) | np.asarray(em.is_null()))
+        e = em.fill_null(0).to_numpy()[valid]
+        r = rx.fill_null(0).to_numpy()[valid]
+        p = px.fill_null(0).to_numpy()[valid]
+        rows["event_type"].append(t.name)
+        rows["count"].append(tab.num_rows)
+        rows["timed"].append(int(valid.sum()))
+        for prefix, v in (("queue", (r - e) / 1e3), ("proc", (p - r) / 1e3)):
+            if len(v):
+                q = np.percentile(v, [50, 95, 99])
+                vals = (float(v.mean()), float(q[0]), float(q[1]), float(q[2]), float(v.max()))
+            else:
+                vals = (None,) * 5
+            for s, x in zip(stats, vals, strict=True):
+                rows[f"{prefix}_{s}_us"].append(x)
+    return pa.table(rows)
+
+
+__all__ = ["EventLineage", "lineage", "signal_to_fill_path", "trade_lineage", "latency_report", "to_traced"]

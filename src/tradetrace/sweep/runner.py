@@ -1,0 +1,182 @@
+"""Run a sweep: expand the grid, skip what already finished, run the rest, record every run.
+
+Every run of a sweep is a traced run with its own correlation_id and the sweep's `sweep_id` (derived
+from the grid, so rerunning the same grid resumes the same sweep); its events go to the event store,
+its row to `optimization_runs`. Combinations whose `run_hash` already has a completed row are skipped:
+an interrupted sweep resumes where it stopped (failed runs are retried).
+
+Who writes the database (DuckDB allows one writing process per file):
+- DuckDB: workers run with `record_db=False` and return their rows; the coordinator (this process,
+  the only one that opens the file) loads them in batches (`BATCH_RUNS` runs or `BATCH_SECONDS`).
+- PostgreSQL: every worker writes its own runs as they finish, one transaction per run (COPY), so a
+  sweep over many machines needs no funnel; the coordinator only counts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tradetrace.analytics import etl, schema
+from tradetrace.analytics.db import Database, connect, is_postgres
+from tradetrace.config import RunConfig
+from tradetrace.engine.backtest import load_data
+from tradetrace.paths import database_url, events_dir
+from tradetrace.sweep.executors import RunTask, TaskOutcome, make_executor
+from tradetrace.sweep.grid import Grid, expand, load_grid, parse_grid
+
+BATCH_RUNS = 64
+BATCH_SECONDS = 2.0
+SWEEP_NAMESPACE = uuid.UUID("6f1d7f0e-4a53-4a51-9a5e-7d1c1c0a7e11")
+
+OnOutcome = Callable[[TaskOutcome], None]
+
+
+@dataclass
+class SweepSummary:
+    sweep_id: str
+    combinations: int
+    invalid: int
+    skipped: int
+    completed: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0
+    executor: str = "process"
+    workers: int = 1
+    database: str = ""
+    invalid_examples: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ran(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def runs_per_s(self) -> float:
+        return self.ran / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["runs_per_s"] = self.runs_per_s
+        return d
+
+
+def _portable(cfg: RunConfig) -> dict[str, Any]:
+    """The config as sent to workers: the event store folder made absolute, so workers that do not share
+    the coordinator's working directory or environment (Ray) write to the same store."""
+    data = cfg.model_dump(mode="json")
+    data["store"]["path"] = str(events_dir(cfg.store.path).resolve())
+    return data
+
+
+def sweep_id_for(grid: Grid) -> str:
+    return str(uuid.uuid5(SWEEP_NAMESPACE, grid.sweep_key()))
+
+
+def completed_hashes(db: Database, hashes: list[str]) -> set[str]:
+    """The run hashes among `hashes` that already have a completed run."""
+    done: set[str] = set()
+    for k in range(0, len(hashes), 500):
+        part = hashes[k:k + 500]
+        marks = ", ".join("?" for _ in part)
+        _, rows = db.query(f"SELECT DISTINCT run_hash FROM optimization_runs WHERE status = 'completed' "
+                           f"AND run_hash IN ({marks})", part)
+        done.update(r[0] for r in rows)
+    return done
+
+
+class _Batcher:
+    """Coordinator-side writer for DuckDB: buffers rows, loads them every N runs or T seconds."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.buf: list[etl.RunRecords] = []
+        self.last = time.monotonic()
+        self.db: Database | None = None
+
+    def add(self, rec: etl.RunRecords) -> None:
+        self.buf.append(rec)
+        if len(self.buf) >= BATCH_RUNS or time.monotonic() - self.last >= BATCH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            if self.db is None:
+                self.db = connect(self.url)
+            etl.write_runs(self.db, self.buf)
+            self.buf = []
+        self.last = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self.db is not None:
+                self.db.close()
+
+
+def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None = None, executor: str = "process",
+              ray_address: str | None = None, db_url: str | None = None, resume: bool = True,
+              on_start: Callable[[int], None] | None = None, on_outcome: OnOutcome | None = None) -> SweepSummary:
+    """Run every not-yet-completed combination of a grid; returns counts (failed runs do not stop it).
+
+    `on_start(n)` is told how many runs will execute, `on_outcome` is called as each finishes
+    (the CLI's progress bar). Raises GridError / ConfigError / DataError / DatabaseError on bad input.
+    """
+    if isinstance(grid, str | Path):
+        grid = load_grid(grid)
+    elif isinstance(grid, dict):
+        grid = parse_grid(grid)
+    valid, invalid = expand(grid)
+    sid = sweep_id_for(grid)
+    base = valid[0].config if valid else None
+    url = database_url(db_url or (base.database.url if base is not None else None))
+    ex = make_executor(executor, workers, ray_address)
+    summary = SweepSummary(sid, grid.size, len(invalid), 0, executor=ex.name,
+                           workers=getattr(ex, "workers", None) or 0, database=url,
+                           invalid_examples=[f"{v}: {why}" for v, why in invalid[:3]])
+    if not valid:
+        return summary
+    with connect(url) as db:  # migrates once, before any worker opens it
+        done = completed_hashes(db, [c.run_hash for c in valid]) if resume else set()
+    todo = []
+    seen: set[str] = set()
+    for c in valid:
+        if c.run_hash in done or c.run_hash in seen:
+            summary.skipped += 1
+            continue
+        seen.add(c.run_hash)
+        todo.append(c)
+    if on_start is not None:
+        on_start(len(todo))
+    if not todo:
+        return summary
+    direct = is_postgres(url)
+    tasks = [RunTask(str(uuid.uuid4()), sid, c.run_hash, c.values, _portable(c.config), url if direct else None)
+             for c in todo]
+    market = load_data(todo[0].config)  # data is the same for every combination (it is not a grid key)
+    batcher = None if direct else _Batcher(url)
+    started = time.perf_counter()
+    try:
+        for out in ex.run(tasks, market):
+            if out.status == "completed":
+                summary.completed += 1
+            else:
+                summary.failed += 1
+                if len(summary.errors) < 5:
+                    summary.errors.append(f"{out.correlation_id}: {out.error}")
+            if batcher is not None and out.records is not None:
+                batcher.add(out.records)
+            if on_outcome is not None:
+                on_outcome(out)
+    finally:
+        if batcher is not None:
+            batcher.close()
+        summary.elapsed_s = time.perf_counter() - started
+        with connect(url) as db:
+            schema.refresh_summary(db)
+    return summary

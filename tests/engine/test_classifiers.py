@@ -1,0 +1,103 @@
+"""Classifiers: causal labels (truncating data changes no earlier event), hysteresis, minimum dwell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tradetrace import run_backtest
+from tradetrace.engine import synthetic
+from tradetrace.engine.classifiers import hysteresis_labels
+from tradetrace.engine.data import MarketData, load_market
+
+CLASSIFIERS = [
+    {"type": "volatility", "window": 20, "lookback": 100, "min_dwell": 3},
+    {"type": "trend", "window": 30, "threshold": 0.5},
+    {"type": "vix", "bands": [15, 25], "min_dwell": 2},
+]
+
+
+def _cut(md: MarketData, n: int) -> MarketData:
+    return MarketData(md.symbols, md.ts[:n], md.symbol_idx[:n], md.open[:n], md.high[:n], md.low[:n],
+                      md.close[:n], md.volume[:n], md.daily, {k: v[:n] for k, v in md.aux.items()})
+
+
+def _label_events(md: MarketData) -> list[tuple]:
+    res = run_backtest({"data": {"synthetic": {"bars": 2}}, "strategy": {"type": "sma_crossover"},
+                        "classifiers": CLASSIFIERS, "store": {"enabled": False}, "database": {"enabled": False}},
+                       market=md)
+    out = []
+    for t in ("CLASSIFICATION", "REGIME_CHANGE"):
+        tab = res.events([t])
+        d = tab.to_pydict()
+        for k in range(tab.num_rows):
+            label = d["label"][k] if t == "CLASSIFICATION" else (d["from_label"][k], d["to_label"][k])
+            out.append((d["timestamp"][k], t, d["classifier"][k], d["symbol"][k], label, d["value"][k]))
+    return sorted(out, key=lambda e: (e[0], e[1], e[2], e[3]))
+
+
+def _check_truncation(md: MarketData, cuts: list[int]) -> None:
+    full = _label_events(md)
+    assert {e[1] for e in full} == {"CLASSIFICATION", "REGIME_CHANGE"}
+    assert {e[2] for e in full} == {"volatility", "trend", "vix"}
+    for n in cuts:
+        part = _label_events(_cut(md, n))
+        last_ts = md.ts[n - 1]
+        expected = [e for e in full if e[0].value <= last_ts]
+        assert part == expected, f"truncating to {n} rows changed earlier labels"
+
+
+def test_truncation_changes_no_earlier_label_synthetic() -> None:
+    md, _ = synthetic.generate(3_000, seed=8, freq="15min", symbols=["A", "B"])
+    _check_truncation(md, [400, 1_501, 2_999])
+
+
+@pytest.mark.slow
+def test_truncation_changes_no_earlier_label_real(shared_data: Path) -> None:
+    md = load_market({"SPY": shared_data / "daily/SPY_1d_1998-2021_lean.csv"},
+                     {"VIX": shared_data / "vix/VIX_1d_1990-2026_cboe.csv"})
+    _check_truncation(md, [1_000, 4_321])
+
+
+def test_regime_changes_are_caused_by_bars_and_follow_labels() -> None:
+    md, truth = synthetic.generate(20_000, seed=2, freq="5min")
+    res = run_backtest({"data": {"synthetic": {"bars": 2}}, "strategy": {"type": "sma_crossover"},
+                        "classifiers": [{"type": "volatility", "window": 78, "lookback": 780}],
+                        "store": {"enabled": False}, "database": {"enabled": False}}, market=md)
+    rc = res.events(["REGIME_CHANGE"]).to_pydict()
+    # Consecutive changes chain: each one leaves the label the previous one entered.
+    assert rc["from_label"][0] == ""
+    assert rc["from_label"][1:] == rc["to_label"][:-1]
+    assert all(a != b for a, b in zip(rc["from_label"][1:], rc["to_label"][1:], strict=True))
+    for c in rc["causation_seq"]:
+        assert res.event(c).event_type == "BAR"
+
+
+def test_hysteresis_by_hand() -> None:
+    lo, up = np.full(8, 10.0), np.full(8, 20.0)
+    # margin 10%: leaving "high" (2) needs v < 20*0.9 = 18; entering it from "normal" needs v > 22.
+    v = np.array([15, 21, 23, 19, 18.5, 17.9, 21.9, 22.1])
+    reading, regime = hysteresis_labels(v, lo, up, 0.10, 1)
+    # 15 normal; 21 stays normal (not > 22); 23 high; 19 and 18.5 stay high (>= 18); 17.9 normal;
+    # 21.9 stays normal; 22.1 high.
+    assert reading.tolist() == [1, 1, 2, 2, 2, 1, 1, 2]
+    assert regime.tolist() == reading.tolist()  # dwell 1: regime follows the reading
+
+
+def test_min_dwell_by_hand() -> None:
+    lo, up = np.full(9, 10.0), np.full(9, 20.0)
+    v = np.array([15, 25, 25, 15, 25, 25, 25, 25, 5])
+    reading, regime = hysteresis_labels(v, lo, up, 0.0, 3)
+    assert reading.tolist() == [1, 2, 2, 1, 2, 2, 2, 2, 0]
+    # The first reading sets the regime at once; "high" becomes the regime only after 3 bars in a row
+    # (rows 4, 5, 6 -> at row 6); the single "low" at row 8 is not confirmed.
+    assert regime.tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 2]
+
+
+def test_unknown_readings_keep_the_last_label() -> None:
+    v = np.array([np.nan, 5, np.nan, 25])
+    reading, regime = hysteresis_labels(v, np.full(4, 10.0), np.full(4, 20.0), 0.0, 1)
+    assert reading.tolist() == [-1, 0, 0, 2]
+    assert regime.tolist() == [-1, 0, 0, 2]

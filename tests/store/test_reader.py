@@ -1,0 +1,92 @@
+"""Readers: Arrow/pandas/Polars loads, lineage, trade chains, latency, direct DuckDB/Polars reads."""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+import pytest
+
+import tradetrace as tt
+from tradetrace.store import EventStore, StoreError
+
+from .conftest import run_config
+
+
+@pytest.fixture
+def two_runs(store: EventStore) -> list[tt.BacktestResult]:
+    return [tt.run_backtest(run_config(bars=15_000, chunk=4_000)) for _ in range(2)]
+
+
+def test_duckdb_and_polars_read_the_files_directly_with_hive_partitioning(store, two_runs) -> None:
+    glob = f"{store.root}/*/*/*.parquet"
+    run = two_runs[0]
+    sql = (f"SELECT count(*), count(DISTINCT event_type) FROM read_parquet('{glob}', hive_partitioning=true, "
+           f"union_by_name=true) WHERE correlation_id = '{run.run_id}'")
+    n, types = duckdb.sql(sql).fetchall()[0]
+    assert n == run.event_count and types == len(run.counts)
+    fills = (pl.scan_parquet(f"{store.root}/*/event_type=FILL/*.parquet", hive_partitioning=True)
+             .filter(pl.col("correlation_id") == run.run_id).collect())
+    assert fills.height == run.counts["FILL"] and set(fills["event_type"]) == {"FILL"}
+
+
+def test_load_events_filters_and_conveniences(store, two_runs) -> None:
+    run = two_runs[1]
+    tab = store.load_events(run.run_id, types=["FILL", "ORDER"])
+    assert tab.num_rows == run.counts["FILL"] + run.counts["ORDER"]
+    assert tab.column("seq").to_pylist() == sorted(tab.column("seq").to_pylist())
+    ts = store.load_events(run.run_id, types=["BAR"]).column("timestamp")
+    mid = ts[5000].as_py()
+    part = store.load_events(run.run_id, types=["BAR"], start=mid)
+    assert part.num_rows == run.counts["BAR"] - 5000
+    assert len(store.load_events_df(run.run_id, types=["SIGNAL"])) == run.counts["SIGNAL"]
+    assert store.load_events_pl(run.run_id, types=["SIGNAL"]).height == run.counts["SIGNAL"]
+    stored = store.load_events(run.run_id)
+    assert stored.to_pandas().equals(run.events().select(stored.column_names).to_pandas())  # NaN-aware
+
+
+def test_trade_lineage_matches_the_engine_trades(store, two_runs) -> None:
+    run = two_runs[0]
+    tl = store.trade_lineage(run.run_id).to_pandas()
+    trades = run.trades
+    assert len(tl) == len(trades)
+    for col in ("entry_signal_id", "entry_order_id", "entry_fill_id", "exit_signal_id", "exit_order_id",
+                "exit_fill_id", "close_id"):
+        assert tl[col].tolist() == trades[col].tolist()
+    assert tl["pnl"].round(6).tolist() == trades["pnl"].round(6).tolist()
+
+
+def test_signal_to_fill_path_and_lineage(store, two_runs) -> None:
+    run = two_runs[0]
+    t = run.trades.iloc[3]
+    path = store.find_signal_to_fill_path(t.exit_fill_id)
+    assert [e.event_type for e in path.chain] == ["FILL", "ORDER", "SIGNAL"]
+    assert path.chain[-1].event_id == t.exit_signal_id
+    lin = store.lineage(t.exit_order_id)
+    assert [e.event_type for e in lin.ancestors][:2] == ["SIGNAL", "BAR"]
+    assert lin.ancestors[-1].event_type == "RUN_START"
+    assert t.exit_fill_id in lin.descendants.column("event_id").to_pylist()
+    assert t.close_id in lin.descendants.column("event_id").to_pylist()
+    with pytest.raises(StoreError, match="not a FILL"):
+        store.find_signal_to_fill_path(t.exit_order_id)
+
+
+def test_latency_report_covers_every_type(store, two_runs) -> None:
+    run = two_runs[0]
+    rep = store.latency_report(run.run_id).to_pylist()
+    assert {r["event_type"] for r in rep} == set(run.counts)
+    fill = next(r for r in rep if r["event_type"] == "FILL")
+    assert fill["count"] == run.counts["FILL"] and fill["timed"] == run.counts["FILL"]
+    assert 0 <= fill["queue_p50_us"] <= fill["queue_p95_us"] <= fill["queue_p99_us"] <= fill["queue_max_us"]
+
+
+def test_unknown_ids_and_path_escapes_are_store_errors(store, two_runs) -> None:
+    with pytest.raises(StoreError, match="unknown run 'nope'"):
+        store.load_events("nope")
+    with pytest.raises(StoreError, match="invalid run id"):
+        store.load_events("../../etc/passwd")
+    with pytest.raises(StoreError, match="unknown event id"):
+        store.lineage(f"{two_runs[0].run_id}:99999999")
+    with pytest.raises(StoreError, match="invalid event id"):
+        store.trace("no-colon")
+    with pytest.raises(StoreError, match="unknown event type"):
+        store.load_events(two_runs[0].run_id, types=["FLIL"])

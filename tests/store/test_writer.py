@@ -1,0 +1,152 @@
+"""Zero loss: normal end, handler exception, SIGTERM, SIGKILL, slow disk, concurrent writers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import tradetrace as tt
+from tradetrace.engine.backtest import RunFailed
+from tradetrace.store import EventStore, codec
+from tradetrace.strategies.builtin import MovingAverageCrossover
+
+from .conftest import run_config
+
+CHILD = Path(__file__).with_name("child.py")
+
+
+def _stored_counts(store: EventStore, run_id: str) -> dict[str, int]:
+    tab = store.load_events(run_id)
+    out: dict[str, int] = {}
+    for t in tab.column("event_type").to_pylist():
+        out[t] = out.get(t, 0) + 1
+    return out
+
+
+def test_normal_end_keeps_every_event_and_per_type_counts(store: EventStore) -> None:
+    res = tt.run_backtest(run_config(bars=30_000, chunk=3_000, durability_events=5_000))
+    rec = store.run(res.run_id)
+    assert rec["status"] == "completed" and rec["reason"] is None
+    assert rec["event_count"] == res.event_count
+    assert _stored_counts(store, res.run_id) == res.counts
+    seq = store.load_events(res.run_id).column("seq").to_pylist()
+    assert seq == list(range(res.event_count))
+    assert store.verify(res.run_id)[0]["ok"]
+
+
+class _Boom(MovingAverageCrossover):
+    def next(self, i: int) -> None:
+        if i == 12_345:
+            raise ZeroDivisionError("boom at 12345")
+        super().next(i)
+
+
+def test_handler_exception_flushes_everything_and_marks_failed(store: EventStore) -> None:
+    cfg = run_config(bars=30_000, chunk=4_000)
+    with pytest.raises(RunFailed) as err:
+        tt.run_backtest(cfg, strategy=_Boom(cfg["strategy"]["params"]))
+    res = err.value.result
+    rec = store.run(res.run_id)
+    assert rec["status"] == "failed" and "boom at 12345" in rec["reason"]
+    assert _stored_counts(store, res.run_id) == res.counts
+    assert res.counts["ERROR"] == 1
+    assert store.verify(res.run_id)[0]["ok"]
+
+
+def _spawn(root: Path, bars: int, chunk: int, durability: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(CHILD), str(root), str(bars), str(chunk), str(durability)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(CHILD.parents[2])})
+
+
+def _until_rows(proc: subprocess.Popen, rows: int) -> tuple[str, int]:
+    """Read the child's lines until it reports at least `rows` rows; returns (run id, rows seen)."""
+    assert proc.stdout is not None
+    run_id, seen = "", 0
+    for line in proc.stdout:
+        kind, value = line.split()
+        if kind == "run":
+            run_id = value
+        elif kind == "rows":
+            seen = int(value)
+            if seen >= rows:
+                return run_id, seen
+    raise AssertionError(f"child ended before {rows} rows (rc {proc.wait()})")
+
+
+@pytest.mark.slow
+def test_sigterm_flushes_and_marks_failed(store: EventStore) -> None:
+    proc = _spawn(store.root, 400_000, 5_000, 8_000)
+    run_id, _ = _until_rows(proc, 60_000)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    rec = store.run(run_id)
+    assert rec["status"] == "failed" and "SIGTERM" in rec["reason"]
+    assert sum(_stored_counts(store, run_id).values()) == rec["event_count"]
+    assert _stored_counts(store, run_id) == rec["counts"]
+    assert store.verify(run_id)[0]["ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at_rows", [5_000, 60_000, 150_000])
+def test_sigkill_leaves_a_readable_store_and_reports_the_lost_range(store: EventStore, kill_at_rows: int) -> None:
+    durability = 8_000
+    proc = _spawn(store.root, 400_000, 5_000, durability)
+    run_id, seen = _until_rows(proc, kill_at_rows)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    rec = store.run(run_id)
+    assert rec["status"] == "incomplete"
+    durable = rec["durable_seq_hi"] + 1
+    assert rec["lost_seq"][0] == durable
+    # every row reported was handed to the store; at most the durability window of them is not durable
+    assert durable >= seen - durability
+    seq = store.load_events(run_id).column("seq").to_pylist()
+    assert seq == list(range(durable))
+    report = store.verify(run_id)[0]
+    assert report["ok"], report["problems"]
+    for f in store.root.rglob("*.parquet"):  # every file in the tree is a whole Parquet file
+        assert pq.read_metadata(f).num_columns > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_slow_disk_blocks_the_producer_and_drops_nothing(store: EventStore, monkeypatch: pytest.MonkeyPatch,
+                                                         mode: str) -> None:
+    real = codec.write_parquet
+
+    def slow_write(*args, **kwargs):  # the real writer, made slow (inherited by a forked writer too)
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(codec, "write_parquet", slow_write)
+    rec = store.recorder(durability_events=3_000, queue_batches=2, mode=mode)
+    res = tt.run_backtest(run_config(bars=40_000, chunk=2_000), recorder=rec)
+    assert rec.mode == mode
+    assert rec.producer_waits > 0  # the producer blocked on the writer
+    assert rec.max_inflight <= 2  # memory bounded by the queue
+    assert _stored_counts(store, res.run_id) == res.counts
+
+
+@pytest.mark.slow
+def test_concurrent_processes_write_different_runs(store: EventStore) -> None:
+    procs = [_spawn(store.root, 60_000, 5_000, 8_000) for _ in range(3)]
+    done = {}
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        lines = out.split("\n")
+        run_id = lines[0].split()[1]
+        done[run_id] = int([x for x in lines if x.startswith("done")][0].split()[1])
+    assert {r["run_id"] for r in store.runs()} == set(done)
+    for run_id, n in done.items():
+        tab = store.load_events(run_id)
+        assert tab.num_rows == n
+        assert set(tab.column("correlation_id").to_pylist()) == {run_id}
+        assert store.verify(run_id)[0]["ok"]

@@ -1,0 +1,41 @@
+"""Sweeps on a real local Ray cluster (2 CPUs): market data put once, runs recorded on both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tradetrace.analytics.db import connect
+from tradetrace.store import EventStore
+from tradetrace.sweep.runner import run_sweep
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray cluster for the module (init costs ~3 s)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_ray_sweep_records_every_run(ray_cluster: None, db_url: str) -> None:
+    cfg = {"name": "ray-grid", "data": {"synthetic": {"bars": 3000, "seed": 6}},
+           "strategy": {"type": "sma_crossover"}, "database": {"url": db_url},
+           "grid": {"fast": [3, 5], "slow": {"start": 20, "stop": 30, "step": 10}, "ma": ["sma", "ema", "bad"]}}
+    summary = run_sweep(cfg, executor="ray")
+    assert (summary.executor, summary.completed, summary.failed, summary.invalid) == ("ray", 8, 0, 4)
+    assert "'strategy.params.ma' value 'bad'" in summary.invalid_examples[0]
+    with connect(db_url) as db:
+        rows = [(str(c), s, st) for c, s, st in db.query("SELECT correlation_id, sweep_id, status "
+                                                          "FROM optimization_runs")[1]]
+    assert len(rows) == 8 and {r[1] for r in rows} == {summary.sweep_id} and {r[2] for r in rows} == {"completed"}
+    assert {r["run_id"] for r in EventStore().runs()} == {r[0] for r in rows}
+    assert all(v["ok"] for v in EventStore().verify())
+    assert run_sweep(cfg, executor="ray").skipped == 8
