@@ -82,6 +82,16 @@ def test_four_workers_lose_and_duplicate_nothing(db_url: str) -> None:
     assert len(report) == 8 and all(v["ok"] for v in report), [v["problems"] for v in report]
 
 
+def test_non_strategy_grid_values_are_stored_in_parameters(db_url: str) -> None:
+    summary = run_sweep(grid(db_url, fast=[3], slow=[21], **{"risk.stop_loss_pct": [0.5, 1.0]}), workers=2)
+    assert summary.completed == 2
+    with connect(db_url) as db:
+        params = [json.loads(r[0]) if isinstance(r[0], str) else r[0]
+                  for r in db.query("SELECT parameters FROM optimization_runs")[1]]
+    assert sorted(p["risk.stop_loss_pct"] for p in params) == [0.5, 1.0]
+    assert all(p["fast"] == 3 and p["slow"] == 21 for p in params)
+
+
 def test_a_finished_sweep_is_skipped_and_a_partial_one_resumes(db_url: str) -> None:
     cfg = grid(db_url, fast=[3, 5, 8], slow=[21])
     first = run_sweep(cfg, workers=2)

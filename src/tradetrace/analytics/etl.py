@@ -88,6 +88,12 @@ class RunMeta:
     run_hash: str | None = None
     strategy_version: str | None = None
     event_storage_path: str | None = None
+    #: Non-strategy values a sweep varied (dotted keys, e.g. `risk.stop_loss_pct`), stored in `parameters`
+    #: beside the strategy's own so runs of a sweep differ visibly there.
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self, strategy_params: Mapping[str, Any]) -> str:
+        return json.dumps({**strategy_params, **self.extra_params}, sort_keys=True, default=str)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **extra: Any) -> RunMeta:
@@ -311,7 +317,7 @@ def records_from_events(events: pa.Table | Mapping[Any, pa.Table], meta: RunMeta
     row = {
         "run_id": cid, "correlation_id": cid, "sweep_id": meta.sweep_id, "run_name": run_name,
         "strategy_type": strategy, "strategy_version": meta.strategy_version or strategy_version(strategy),
-        "parameters": json.dumps(json.loads(params_json or "{}"), sort_keys=True), "run_hash": meta.run_hash,
+        "parameters": meta.parameters(json.loads(params_json or "{}")), "run_hash": meta.run_hash,
         "sharpe": metrics["sharpe"], "sortino": metrics["sortino"], "max_drawdown": metrics["max_drawdown"],
         "total_return": metrics["total_return"], "annual_return": metrics["annual_return"],
         "win_rate": metrics["win_rate"], "profit_factor": metrics["profit_factor"],
@@ -353,7 +359,7 @@ def failed_run(correlation_id: str, *, strategy: str, params: Mapping[str, Any],
     meta = meta or RunMeta()
     row = {"run_id": correlation_id, "correlation_id": correlation_id, "sweep_id": meta.sweep_id,
            "run_name": run_name, "strategy_type": strategy, "strategy_version": meta.strategy_version,
-           "parameters": json.dumps(dict(params), sort_keys=True, default=str), "run_hash": meta.run_hash,
+           "parameters": meta.parameters(params), "run_hash": meta.run_hash,
            "status": "failed", "error": error, "event_count": 0}
     return RunRecords(correlation_id, run_table([row]))
 

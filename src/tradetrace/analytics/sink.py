@@ -26,11 +26,12 @@ def storage_path(cfg: RunConfig) -> str | None:
     return str(events_dir(cfg.store.path))
 
 
-def records_for(cfg: RunConfig, result: BacktestResult, *, run_hash: str | None = None) -> etl.RunRecords:
-    """The SQL rows of one finished run."""
+def records_for(cfg: RunConfig, result: BacktestResult, *, run_hash: str | None = None,
+                extra_params: dict[str, Any] | None = None) -> etl.RunRecords:
+    """The SQL rows of one finished run (`extra_params`: non-strategy values a sweep varied)."""
     meta = etl.RunMeta.from_config(cfg.model_dump(mode="json"), sweep_id=result.sweep_id, run_hash=run_hash,
                                    strategy_version=etl.strategy_version(cfg.strategy.type),
-                                   event_storage_path=storage_path(cfg))
+                                   event_storage_path=storage_path(cfg), extra_params=dict(extra_params or {}))
     rec = result.recorder
     tables = getattr(rec, "tables", None)
     if tables is not None:
@@ -43,12 +44,10 @@ def records_for(cfg: RunConfig, result: BacktestResult, *, run_hash: str | None 
 
 
 def _untraced(result: BacktestResult, meta: etl.RunMeta) -> etl.RunRecords:
-    import json
-
     m: dict[str, Any] = result.metrics
     row = {"run_id": result.run_id, "correlation_id": result.run_id, "sweep_id": meta.sweep_id,
            "run_name": result.name, "strategy_type": result.strategy, "strategy_version": meta.strategy_version,
-           "parameters": json.dumps(result.params, sort_keys=True), "run_hash": meta.run_hash,
+           "parameters": meta.parameters(result.params), "run_hash": meta.run_hash,
            "total_trades": int(m.get("trade_count", 0)), "total_commission": m.get("total_commission"),
            "total_slippage": m.get("total_slippage"), "avg_bars_held": m.get("avg_bars_held"),
            "event_count": result.event_count, "status": result.status, "error": result.error}

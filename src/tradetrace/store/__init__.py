@@ -94,7 +94,7 @@ class EventStore:
             wanted = [t for t in wanted if t in reader.types]
             if not wanted:
                 return concat_by_seq({})
-        return concat_by_seq(reader.load(wanted, start, end))
+        return reader.events(wanted, start, end)
 
     def load_events_df(self, run_id: str, types: list[str] | None = None, start: Any = None,
                        end: Any = None) -> pd.DataFrame:

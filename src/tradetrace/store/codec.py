@@ -42,10 +42,18 @@ def _as_decimal(col: pa.ChunkedArray) -> pa.Array | None:
     return pa.Array.from_buffers(_DECIMAL, len(ticks), [None, pa.py_buffer(words)])
 
 
+def decimal_to_float(arr: pa.Array) -> np.ndarray:
+    """A DECIMAL(18,s) array written by `_as_decimal` as float64 (null slots hold garbage: mask them).
+
+    Only the low word of each int128 is read: `_as_decimal` keeps |ticks| < 1e17, inside int64."""
+    words = np.frombuffer(arr.buffers()[1], dtype=np.int64)[2 * arr.offset: 2 * (arr.offset + len(arr))]
+    return words[0::2] / 10**arr.type.scale
+
+
 def _from_decimal(col: pa.ChunkedArray) -> pa.Array:
     arr = col.combine_chunks()
-    words = np.frombuffer(arr.buffers()[1], dtype=np.int64)[2 * arr.offset: 2 * (arr.offset + len(arr))]
-    return pa.array(words[0::2] / 10**PRICE_SCALE)
+    mask = np.asarray(arr.is_null()) if arr.null_count else None
+    return pa.array(decimal_to_float(arr), mask=mask)
 
 
 def to_disk(table: pa.Table, etype: EventType) -> tuple[pa.Table, dict[str, str], list[str], list[str]]:

@@ -6,6 +6,7 @@ journal (while running, or after a crash), so loading one run never lists the wh
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tradetrace.events.types import COMMON_FIELDS, EventType
+from tradetrace.events.types import COMMON_FIELDS, EventType, event_schema
 from tradetrace.store import codec, layout
 
 
@@ -110,6 +111,34 @@ class RunReader:
             out[t] = tab
         return out
 
+    def parts(self, types: list[EventType] | None = None, start: Any = None,
+              end: Any = None) -> list[tuple[EventType, pa.Table]]:
+        """Every file of the run (or of `types`) as stored: string columns dictionary-encoded, prices
+        possibly DECIMAL, no event_type column; for `merge_by_seq`, which decodes while it merges.
+
+        Files are read concurrently (Parquet decoding releases the GIL) and each with Arrow's threads:
+        the BAR file is ~80% of the bytes, so the small types' files decode while it does."""
+        paths = [(t, p) for t in (types or self.types) for p in self.files(t)]
+        if not paths:
+            return []
+        if len(paths) == 1:
+            tabs = [read_stored(paths[0][1])]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(4, len(paths))) as ex:
+                tabs = list(ex.map(read_stored, [p for _, p in paths]))
+        out = []
+        for (t, _), tab in zip(paths, tabs, strict=True):
+            if start is not None or end is not None:
+                tab = tab.filter(_time_mask(tab, start, end))
+            out.append((t, tab))
+        return out
+
+    def events(self, types: list[EventType] | None = None, start: Any = None, end: Any = None) -> pa.Table:
+        """The run's events (or `types`, market time in [start, end)) as one table sorted by seq."""
+        return merge_by_seq(self.parts(types, start, end))
+
     def tables(self) -> dict[EventType, pa.Table]:
         return self.load()
 
@@ -149,6 +178,14 @@ class RunReader:
         return None
 
 
+def read_stored(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One stored file, string columns kept dictionary-encoded (decoding a run id a million times is the
+    single most expensive step of a plain read; `merge_by_seq` decodes each distinct value once)."""
+    pf = pq.ParquetFile(path, read_dictionary=[f.name for f in pq.ParquetFile(path).schema_arrow
+                                               if pa.types.is_string(f.type)])
+    return pf.read(columns=columns, use_threads=True)
+
+
 def _time_mask(tab: pa.Table, start: Any, end: Any) -> pa.Array:
     ts = tab.column("timestamp")
     mask = pa.array(np.ones(tab.num_rows, dtype=bool))
@@ -170,7 +207,210 @@ def _ns(v: Any) -> int:
 
 def concat_by_seq(tables: dict[EventType, pa.Table]) -> pa.Table:
     """Per-type tables -> one table sorted by seq (payload columns of other types are null)."""
-    if not tables:
+    return merge_by_seq(list(tables.items()))
+
+
+def merge_by_seq(parts: list[tuple[EventType, pa.Table]]) -> pa.Table:
+    """Parts (one file or one type's table each, any order) -> one event table sorted by seq.
+
+    Equal to concatenating the event-schema tables with null promotion and sorting by seq, without
+    doing either: the sort becomes an output position per row (seq - first seq for a gapless run, an
+    argsort otherwise) and every output column is written once, by scattering each part's values to
+    its rows. That matters because the result is mostly nulls (45 columns, most of them one type's
+    payload) and the old concat + sort_by copied all of it twice. Parts may hold stored
+    representations (dictionary strings, DECIMAL prices, no event_type column): they come out as the
+    event schema's types (string, float64).
+    """
+    if not parts:
         return pa.schema([pa.field(n, t) for n, t in COMMON_FIELDS]).empty_table()
-    tab = pa.concat_tables(list(tables.values()), promote_options="default")
-    return tab.sort_by("seq") if len(tables) > 1 else tab
+    fields = _merged_fields(parts)
+    if fields is None:  # the same column name with two types: let Arrow's promotion decide, slowly
+        tabs = [codec.from_disk(_plain(p), t) for t, p in parts]
+        return pa.concat_tables(tabs, promote_options="default").sort_by("seq")
+    seqs = [p.column("seq").to_numpy() for _, p in parts]
+    pos_all = _positions(np.concatenate(seqs) if len(seqs) > 1 else seqs[0])
+    n = len(pos_all)
+    bounds = np.cumsum([0] + [len(s) for s in seqs])
+    pos = [pos_all[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
+
+    def column(f: pa.Field) -> pa.Array:
+        if f.name == "event_type":
+            return _event_type_column(n, parts, pos)
+        sources = [(p_pos, part.column(f.name) if f.name in part.column_names else None)
+                   for p_pos, (_, part) in zip(pos, parts, strict=True)]
+        return _scatter(n, f.type, sources)
+
+    if n < _PARALLEL_ROWS:
+        arrays = [column(f) for f in fields]
+    else:  # numpy scatters and Arrow takes release the GIL: columns build side by side
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=_WORKERS) as ex:
+            arrays = list(ex.map(column, fields))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+_PARALLEL_ROWS = 200_000
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _event_type_column(n: int, parts: list[tuple[EventType, pa.Table]], pos: list[np.ndarray]) -> pa.Array:
+    """The event_type column (a hive partition, not a file column) from each part's type."""
+    names = sorted({t.name for t, _ in parts})
+    code = {name: k for k, name in enumerate(names)}
+    idx = np.empty(n, dtype=np.int32)
+    for p_pos, (t, _) in zip(pos, parts, strict=True):
+        idx[p_pos] = code[t.name]
+    return pc.take(pa.array(names, type=pa.string()), pa.array(idx), boundscheck=False)
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary columns decoded (codec.from_disk expects the file's value types)."""
+    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    return pa.Table.from_arrays(cols, names=table.column_names)
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    """The event-schema type of a stored column type: dictionaries decoded, DECIMAL prices as float64."""
+    if pa.types.is_dictionary(t):
+        return t.value_type
+    if pa.types.is_decimal(t):
+        return pa.float64()
+    return t
+
+
+def _merged_fields(parts: list[tuple[EventType, pa.Table]]) -> list[pa.Field] | None:
+    """Fields in the order a promoting concat of the parts' event tables would give; None on a type clash."""
+    seen: dict[str, pa.Field] = {}
+    for t, part in parts:
+        schema = event_schema(t)
+        extra = [pa.field(f.name, _value_type(f.type)) for f in part.schema
+                 if f.name not in schema.names and f.name not in ("date", "event_type")]
+        for f in list(schema) + extra:
+            have = seen.get(f.name)
+            if have is None:
+                seen[f.name] = f
+            elif have.type != f.type:
+                return None
+    return list(seen.values())
+
+
+def _positions(seq: np.ndarray) -> np.ndarray:
+    """Output row of each input row so that output rows are in seq order (stable for equal seqs)."""
+    n = len(seq)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    lo = int(seq.min())
+    if int(seq.max()) - lo + 1 == n:  # a gapless run: position is seq - lo if no seq repeats
+        pos = seq - lo
+        hit = np.zeros(n, dtype=bool)
+        hit[pos] = True
+        if hit.all():
+            return pos
+    order = np.argsort(seq, kind="stable")  # sorted runs (one per part): timsort merges them in O(n log k)
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n, dtype=np.int64)
+    return pos
+
+
+Sources = list[tuple[np.ndarray, pa.ChunkedArray | None]]
+
+
+def _chunks(sources: Sources):
+    """(positions, chunk) for every chunk of every present column."""
+    for p_pos, col in sources:
+        if col is None:
+            continue
+        start = 0
+        for chunk in col.chunks:
+            yield p_pos[start:start + len(chunk)], chunk
+            start += len(chunk)
+
+
+def _validity(n: int, sources: Sources) -> tuple[pa.Buffer | None, int]:
+    """Validity bitmap of the merged column (None when nothing is null) and its null count."""
+    covered = sum(len(p) for p, c in sources if c is not None)
+    if covered == n and all(c.null_count == 0 for _, c in sources if c is not None):
+        return None, 0
+    valid = np.zeros(n, dtype=bool)
+    for p_pos, chunk in _chunks(sources):
+        valid[p_pos] = True if chunk.null_count == 0 else np.asarray(chunk.is_valid())
+    nulls = n - int(np.count_nonzero(valid))
+    if nulls == 0:
+        return None, 0
+    return pa.py_buffer(np.packbits(valid, bitorder="little")), nulls
+
+
+_NUMPY = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def _fixed_dtype(t: pa.DataType) -> np.dtype | None:
+    """numpy dtype of a fixed-width Arrow type's value buffer, or None if it is not one we scatter."""
+    if pa.types.is_floating(t) and t.bit_width in (32, 64):
+        return np.dtype(np.float32 if t.bit_width == 32 else np.float64)
+    if pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_duration(t):
+        return np.dtype(_NUMPY[t.bit_width // 8])
+    return None
+
+
+def _scatter(n: int, t: pa.DataType, sources: Sources) -> pa.Array:
+    """One merged column: each source's values at its output positions, null where a part lacks it."""
+    if all(c is None or c.null_count == len(c) for _, c in sources):
+        return pa.nulls(n, t)
+    dt = _fixed_dtype(t)
+    if dt is not None:
+        return _scatter_fixed(n, t, dt, sources)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _scatter_strings(n, t, sources)
+    return _scatter_sparse(n, t, sources)
+
+
+def _scatter_fixed(n: int, t: pa.DataType, dt: np.dtype, sources: Sources) -> pa.Array:
+    buf = pa.allocate_buffer(n * dt.itemsize)  # Arrow's pool reuses freed pages: no page faults per load
+    out = np.frombuffer(buf, dtype=dt)
+    if sum(len(p) for p, c in sources if c is not None) < n:
+        out.fill(0)  # rows of parts without the column are null; zeroed so the buffer holds no stale bytes
+    for p_pos, chunk in _chunks(sources):
+        if pa.types.is_decimal(chunk.type):
+            out[p_pos] = codec.decimal_to_float(chunk)
+        else:
+            out[p_pos] = np.frombuffer(chunk.buffers()[1], dtype=dt)[chunk.offset:chunk.offset + len(chunk)]
+    bitmap, nulls = _validity(n, sources)
+    return pa.Array.from_buffers(t, n, [bitmap, buf], null_count=nulls)
+
+
+def _scatter_strings(n: int, t: pa.DataType, sources: Sources) -> pa.Array:
+    """Strings through one dictionary: scatter int32 codes, then one gather of the (few) distinct values.
+
+    Stored string columns are read dictionary-encoded (a run id is one value for a million rows), so
+    the strings are materialized once, in output order, instead of being decoded and then moved."""
+    idx = np.zeros(n, dtype=np.int32)
+    dicts = []
+    base = 0
+    for p_pos, chunk in _chunks(sources):
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_encode()
+        codes = chunk.indices
+        c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
+        idx[p_pos] = c[codes.offset:codes.offset + len(codes)] + base
+        d = chunk.dictionary
+        dicts.append(d if d.type == t else d.cast(t))
+        base += len(d)
+    bitmap, nulls = _validity(n, sources)
+    codes = pa.Array.from_buffers(pa.int32(), n, [bitmap, pa.py_buffer(idx)], null_count=nulls)
+    dictionary = pa.concat_arrays(dicts) if len(dicts) > 1 else dicts[0]
+    return pc.take(dictionary, codes, boundscheck=False)
+
+
+def _scatter_sparse(n: int, t: pa.DataType, sources: Sources) -> pa.Array:
+    """Any other type (lists): gather the rows that have values, then place them by output position."""
+    have = [(p, c) for p, c in sources if c is not None and c.null_count < len(c)]
+    rows = pa.chunked_array([ch.cast(t) if ch.type != t else ch for _, c in have for ch in c.chunks], type=t)
+    where = np.concatenate([p for p, _ in have])
+    order = np.argsort(where, kind="stable")
+    rows = rows.take(pa.array(order)).combine_chunks()
+    where = where[order]
+    full = np.full(n, -1, dtype=np.int64)
+    full[where] = np.arange(len(where))
+    take = pa.array(full, mask=full < 0)
+    return rows.take(take)

@@ -59,7 +59,7 @@ def execute(task: RunTask, market: MarketData) -> TaskOutcome:
     from tradetrace.engine.backtest import RunFailed, run_backtest
 
     started = time.perf_counter()
-    meta = etl.RunMeta(sweep_id=task.sweep_id, run_hash=task.run_hash)
+    extra = {k: v for k, v in task.values.items() if "." in k}  # grid keys outside the strategy params
     try:
         cfg = parse_config(task.config)
         try:
@@ -67,13 +67,9 @@ def execute(task: RunTask, market: MarketData) -> TaskOutcome:
                                   record_db=False)
         except RunFailed as exc:
             result = exc.result
-        records = sink.records_for(cfg, result, run_hash=task.run_hash)
+        records = sink.records_for(cfg, result, run_hash=task.run_hash, extra_params=extra)
     except Exception as exc:  # a run that could not even start is still recorded, as failed
-        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        strategy = task.config.get("strategy", {})
-        records = etl.failed_run(task.correlation_id, strategy=strategy.get("type", "?"),
-                                 params=strategy.get("params", {}), error=error, run_name=task.config.get("name"),
-                                 meta=meta)
+        records = _failed_records(task, f"{type(exc).__name__}: {exc}".splitlines()[0])
     row = records.metrics
     outcome = TaskOutcome(task.correlation_id, task.run_hash, row["status"], row["error"],
                           time.perf_counter() - started, records)
@@ -96,6 +92,19 @@ def _execute_global(task: RunTask) -> TaskOutcome:
     if _MARKET is None:
         raise RuntimeError("worker has no market data: the pool must fork after it is set")
     return execute(task, _MARKET)
+
+
+def _failed_records(task: RunTask, error: str) -> etl.RunRecords:
+    """The row of a task that produced no events (it could not start, or its worker died)."""
+    strategy = task.config.get("strategy", {})
+    meta = etl.RunMeta(sweep_id=task.sweep_id, run_hash=task.run_hash,
+                       extra_params={k: v for k, v in task.values.items() if "." in k})
+    return etl.failed_run(task.correlation_id, strategy=strategy.get("type", "?"), params=strategy.get("params", {}),
+                          error=error, run_name=task.config.get("name"), meta=meta)
+
+
+def _crashed(task: RunTask, error: str) -> TaskOutcome:
+    return TaskOutcome(task.correlation_id, task.run_hash, "failed", error, 0.0, _failed_records(task, error))
 
 
 def _format_crash(exc: BaseException) -> str:
@@ -142,12 +151,7 @@ class ProcessExecutor:
         if exc is None:
             return fut.result()
         # The worker process itself died (e.g. killed): the run is failed, the sweep goes on.
-        error = f"worker crashed: {_format_crash(exc)}"
-        strategy = task.config.get("strategy", {})
-        rec = etl.failed_run(task.correlation_id, strategy=strategy.get("type", "?"), params=strategy.get("params", {}),
-                             error=error, run_name=task.config.get("name"),
-                             meta=etl.RunMeta(sweep_id=task.sweep_id, run_hash=task.run_hash))
-        return TaskOutcome(task.correlation_id, task.run_hash, "failed", error, 0.0, rec)
+        return _crashed(task, f"worker crashed: {_format_crash(exc)}")
 
 
 def _ray_execute(market: MarketData, task: RunTask) -> TaskOutcome:
@@ -194,13 +198,7 @@ class RayExecutor:
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    error = f"ray task failed: {_format_crash(exc)}"
-                    strategy = task.config.get("strategy", {})
-                    rec = etl.failed_run(task.correlation_id, strategy=strategy.get("type", "?"),
-                                         params=strategy.get("params", {}), error=error,
-                                         run_name=task.config.get("name"),
-                                         meta=etl.RunMeta(sweep_id=task.sweep_id, run_hash=task.run_hash))
-                    yield TaskOutcome(task.correlation_id, task.run_hash, "failed", error, 0.0, rec)
+                    yield _crashed(task, f"ray task failed: {_format_crash(exc)}")
                 nxt = next(it, None)
                 if nxt is not None:
                     pending[remote.remote(market_ref, nxt)] = nxt
