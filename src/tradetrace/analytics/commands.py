@@ -51,6 +51,26 @@ def _print_rows(cols: list[str], rows: list[tuple], as_json: bool, title: str | 
     out.print(t)
 
 
+def _print_top(cols: list[str], rows: list[tuple], title: str) -> None:
+    """Runs as a table that stays readable at 80 columns: full run id, params as k=v, key metrics."""
+    from tradetrace.cli import out
+
+    t = Table(title=title, header_style="bold", show_lines=True)
+    t.add_column("run id (correlation_id)\nstrategy and parameters", overflow="fold")
+    for c in ("sharpe", "return", "max dd", "trades"):
+        t.add_column(c, justify="right", no_wrap=True)
+    for r in rows:
+        d = dict(zip(cols, r, strict=True))
+        params = d["parameters"]
+        if isinstance(params, str):
+            params = json.loads(params)
+        kv = " ".join(f"{k}={v}" for k, v in sorted((params or {}).items()))
+        status = "" if d["status"] == "completed" else f" [{d['status']}]"
+        t.add_row(f"{d['correlation_id']}\n{d['strategy_type']} {kv}{status}", _cell(d["sharpe"]),
+                  _cell(d["total_return"]), _cell(d["max_drawdown"]), _cell(d["total_trades"]))
+    out.print(t, markup=False, highlight=False)
+
+
 def sql(
     query: str = typer.Argument(..., help="one SQL statement"),
     write: bool = typer.Option(False, "--write", help="allow statements that change the database"),
@@ -104,7 +124,10 @@ def runs(
             raise fail(str(exc)) from None
         total, cols, rows = 0, [], []
     if total:
-        _print_rows(cols, rows, as_json, title=None if as_json else f"top {top} runs by {by}")
+        if as_json:
+            _print_rows(cols, rows, True)
+        else:
+            _print_top(cols, rows, f"top {top} runs by {by}")
         return
     _store_runs(top, strategy, sweep, as_json)
 

@@ -283,12 +283,13 @@ class EventBatch:
         emitted = np.full(n, self._wall(np.int64(b.emitted_ns)), dtype=np.int64)
         received = np.zeros(n, dtype=np.int64)
         processed = np.zeros(n, dtype=np.int64)
-        mask = np.ones(n, dtype=bool)  # True = null: BAR clocks are sampled
+        mask = np.ones(n, dtype=bool)  # True = null: BAR clocks are sampled; others keep the chunk's emission
         sampled = b.sampled
         if len(sampled):
             idx = sampled[:, 0] - b.row_start
             received[idx] = self._wall(sampled[:, 1])
             processed[idx] = self._wall(sampled[:, 2])
+            emitted[idx] = received[idx]  # a bar is dispatched as the feed emits it: no queue
             mask[idx] = False
         sym = pa.DictionaryArray.from_arrays(pa.array(market.symbol_idx[sl].astype(np.int32)),
                                              pa.array(market.symbols)).cast(pa.string())

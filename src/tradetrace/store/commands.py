@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from tradetrace.events.types import COMMON_FIELDS
 from tradetrace.store import EventStore, StoreError
 
 
@@ -53,29 +54,43 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 print(json.dumps(r, default=str))
             return
-        t = Table(show_header=True, header_style="bold")
-        shown = [c for c in cols if c not in ("correlation_id", "version", "links", "created_at")]
-        for c in shown:
-            t.add_column(c)
+        # Readable at 80 columns: identity, time, cause and source, then the payload as key=value.
+        common = {name for name, _ in COMMON_FIELDS} | {"weight"}
+        t = Table(show_header=True, header_style="bold", title=f"run {run_id}")
+        for c, kw in (("seq", {"justify": "right"}), ("type", {}), ("market time", {"no_wrap": True}),
+                      ("cause", {"justify": "right"}), ("source", {}), ("data", {"overflow": "fold"})):
+            t.add_column(c, **kw)
         for r in rows:
-            t.add_row(*[str(r[c]) for c in shown])
-        out.print(t)
+            data = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in r.items() if k not in common and v is not None and v != "")
+            cause = "" if r["causation_seq"] is None else str(r["causation_seq"])
+            t.add_row(str(r["seq"]), r["event_type"], f"{r['timestamp']:%Y-%m-%d %H:%M}", cause,
+                      r["source_container"], data)
+        out.print(t, markup=False, highlight=False)
 
     @app.command()
-    def latency(run_id: str = typer.Argument(...), root: Optional[str] = root_opt) -> None:  # noqa: UP045
+    def latency(run_id: str = typer.Argument(...), root: Optional[str] = root_opt,  # noqa: UP045
+                as_json: bool = typer.Option(False, "--json", help="one JSON object per event type")) -> None:
         """Queue and processing time per event type (microseconds)."""
         try:
             rep = _store(root).latency_report(run_id)
         except StoreError as exc:
             raise fail(str(exc)) from None
-        t = Table(title=f"latency of run {run_id} (us)", header_style="bold")
-        for c in rep.column_names:
-            if c == "event_type":
-                t.add_column(c, no_wrap=True, min_width=16)
-            else:
-                t.add_column(c, justify="right")
-        for r in rep.to_pylist():
-            t.add_row(*[f"{v:,.1f}" if isinstance(v, float) else str(v) for v in r.values()])
+        wide = out.width >= 140
+        t = Table(title="q = queue time, p = processing time, in us (--json: mean and p95 too)",
+                  header_style="bold")
+        keep = [c for c in rep.column_names if wide or c == "event_type" or c == "count"
+                or c.endswith(("_p50_us", "_p99_us", "_max_us"))]
+        for c in keep:
+            label = c.replace("_us", "").replace("queue_", "q ").replace("proc_", "p ").replace("event_type", "type")
+            t.add_column(label, justify="left" if c == "event_type" else "right", no_wrap=True)
+        for r in rep.select(keep).to_pylist():
+            t.add_row(*[("-" if v is None else f"{v:,.1f}") if isinstance(v, float) or v is None else str(v)
+                        for v in r.values()])
+        if as_json:
+            for r in rep.to_pylist():
+                print(json.dumps(r, default=str))
+            return
         out.print(t)
 
     @store_app.command("compact")
