@@ -114,7 +114,7 @@ class ClassifierConfig(_Strict):
 class TracingConfig(_Strict):
     enabled: bool = True
     bar_clock_every: int = Field(16, ge=1, description="measure BAR clocks on every k-th bar")
-    chunk_bars: int = Field(65_536, ge=1, description="bars per recorder batch")
+    chunk_bars: int = Field(16_384, ge=1, description="bars per recorder batch (smaller: finer pipelining)")
 
 
 class SamplingConfig(_Strict):

@@ -24,6 +24,7 @@ Tracing cost (the hot path is written for speed):
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from time import monotonic_ns, time_ns
 
@@ -56,7 +57,7 @@ class TracedEventBus:
         self._cur_bar = -1  # market-data row being dispatched (-1 before the first bar)
         self._nonbar = 0  # non-BAR events published so far
         self._type_counts = [0] * len(EventType)  # non-BAR events per type, exact
-        self._bar_rx: list[int] = []  # sampled BAR clocks: row, received, processed (flat)
+        self._bar_rx = array("q")  # sampled BAR clocks: row, received, processed (flat)
         self._flushed_rows = 0  # BAR rows already flushed
         self._flushed_nonbar = 0  # non-BAR events already flushed
         self._last_bar_seq: int | None = None  # seq of the BAR of row _flushed_rows - 1
@@ -183,7 +184,7 @@ class TracedEventBus:
         # Traced: clock every k-th row (received before its handlers, processed after its cascade).
         k = self.bar_clock_every
         clock = monotonic_ns
-        rx = self._bar_rx
+        rx = self._bar_rx.extend
         for j in range(start, stop, k):
             self._cur_bar = j
             t0 = clock()
@@ -191,7 +192,7 @@ class TracedEventBus:
                 h(j)
                 if q:
                     drain()
-            rx += (j, t0, clock())
+            rx((j, t0, clock()))
             for i in range(j + 1, min(j + k, stop)):
                 self._cur_bar = i
                 for h in handlers:
@@ -227,7 +228,7 @@ class TracedEventBus:
         log = self._log
         self._log = ChunkLog()
         rx = self._bar_rx
-        self._bar_rx = []
+        self._bar_rx = array("q")
         bars = BarBlock(self._flushed_rows, rows_done, rx, self._chunk_emitted)
         before = self._flushed_nonbar
         prev_bar_seq = self._last_bar_seq

@@ -57,12 +57,12 @@ class BarBlock:
 
     row_start: int
     row_stop: int
-    sampled_flat: list[int]  # row, received_ns, processed_ns (monotonic), flattened
+    sampled_flat: array  # array('q'): row, received_ns, processed_ns (monotonic), flattened
     emitted_ns: int  # monotonic clock when the feed emitted this chunk
 
     @property
     def sampled(self) -> np.ndarray:
-        return np.asarray(self.sampled_flat, dtype=np.int64).reshape(-1, 3)
+        return np.frombuffer(self.sampled_flat, dtype=np.int64).reshape(-1, 3)
 
 
 class Recorder(Protocol):

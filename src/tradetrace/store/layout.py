@@ -6,6 +6,7 @@ Layout (hive partitioning, DESIGN.md decision 3):
     <root>/date=<YYYY-MM-DD>/event_type=<TYPE>/<run_id>.parquet              one file per run and type, compacted
     <root>/_runs/<run_id>.json       the run's manifest (catalog): info, status, counts, files
     <root>/_runs/<run_id>.journal    append-only, one JSON line per durable segment
+    <root>/_runs/<run_id>.seqindex.parquet   after compaction: seq, type, causation_seq of non-BAR events
 
 `date` is the run's wall-clock start date (UTC), not the market date: a 1M-minute-bar run spans years
 of market time and would otherwise scatter into thousands of tiny files; with the start date a run
@@ -70,6 +71,11 @@ def manifest_path(root: Path, run_id: str) -> Path:
 
 def journal_path(root: Path, run_id: str) -> Path:
     return root / RUNS_DIR / f"{check_run_id(run_id)}.journal"
+
+
+def seq_index_path(root: Path, run_id: str) -> Path:
+    """The compacted run's seq -> (type, cause) index of its non-BAR events (see reader.SeqIndex)."""
+    return root / RUNS_DIR / f"{check_run_id(run_id)}.seqindex.parquet"
 
 
 def fsync_dir(path: Path) -> None:

@@ -32,12 +32,10 @@ def lineage(reader: RunReader, seq: int) -> EventLineage:
     BARs are caused by the run start; they are not listed among RUN_START's descendants (that would
     be the whole run)."""
     chain = walk_back(reader.lookup, seq, stop_at="RUN_START")
-    tabs = reader.load([t for t in reader.types if t != EventType.BAR], columns=["seq", "causation_seq"])
-    seqs = np.concatenate([t.column("seq").to_numpy() for t in tabs.values()]) if tabs else np.array([], np.int64)
-    causes = np.concatenate([t.column("causation_seq").fill_null(-1).to_numpy() for t in tabs.values()]) \
-        if tabs else np.array([], np.int64)
-    types = np.concatenate([np.full(tab.num_rows, t.name, dtype=object) for t, tab in tabs.items()]) \
-        if tabs else np.array([], dtype=object)
+    index = reader.index  # non-BAR seq, type, cause: BARs only ever cause non-BAR events
+    seqs, causes = index.seq, index.causes
+    names = np.array([t.name for t in EventType], dtype=object)
+    types = names[index.types.astype(np.intp)]
     found = np.zeros(len(seqs), dtype=bool)
     frontier = np.array([seq], dtype=np.int64)
     while len(frontier):

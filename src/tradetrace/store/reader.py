@@ -86,6 +86,7 @@ class RunReader:
         self.run_id = layout.check_run_id(run_id)
         self.record = run_record(self.root, self.run_id)
         self._row_groups: dict[str, pa.Table] = {}
+        self._files: dict[Path, pq.ParquetFile] = {}
 
     def files(self, etype: EventType) -> list[Path]:
         return [self.root / f for f in self.record["files"].get(etype.name, [])]
@@ -143,38 +144,85 @@ class RunReader:
         return self.load()
 
     @cached_property
-    def _seq_index(self) -> dict[EventType, np.ndarray]:
-        """seq arrays of the small (non-BAR) types, to find which type a seq belongs to."""
-        return {t: tab.column("seq").to_numpy() for t, tab in
-                self.load([t for t in self.types if t != EventType.BAR], columns=["seq"]).items()}
+    def index(self) -> SeqIndex:
+        """seq, type and causation_seq of every non-BAR event, sorted by seq.
+
+        A compacted run has it in one small file (`_runs/<run>.seqindex.parquet`, written by compaction):
+        one read instead of one per type file. Otherwise (running, crashed, not yet compacted) it is
+        built from the seq and causation_seq columns of the non-BAR files."""
+        rel = self.record.get("seq_index")
+        if rel and (self.root / rel).exists():
+            t = pq.ParquetFile(self.root / rel).read(use_threads=False)
+            return SeqIndex(t.column("seq").to_numpy(), t.column("type").to_numpy(),
+                            t.column("causation_seq").to_numpy())
+        return SeqIndex.build(self.load([t for t in self.types if t != EventType.BAR],
+                                        columns=["seq", "causation_seq"]))
 
     def lookup(self, seq: int) -> pa.Table | None:
         """One event (a one-row table in its type's schema), or None."""
-        for t, seqs in self._seq_index.items():
-            k = int(np.searchsorted(seqs, seq))
-            if k < len(seqs) and seqs[k] == seq:
-                return self._row(t, seq)
+        t = self.index.type_of(seq)
+        if t is not None:
+            return self._row(t, seq)
         if EventType.BAR in self.types:
             return self._row(EventType.BAR, seq)
         return None
 
+    def _file(self, path: Path) -> pq.ParquetFile:
+        pf = self._files.get(path)
+        if pf is None:
+            pf = self._files[path] = pq.ParquetFile(path)
+        return pf
+
     def _row(self, t: EventType, seq: int) -> pa.Table | None:
+        """The row of `seq` in type `t`'s files: only the row group whose seq statistics cover it is read
+        (compaction writes the small types in small row groups, so that is a few thousand rows)."""
         for path in self.files(t):
-            pf = pq.ParquetFile(path)
+            pf = self._file(path)
             md = pf.metadata
-            seq_col = md.schema.to_arrow_schema().get_field_index("seq")
+            seq_col = pf.schema_arrow.get_field_index("seq")
             for g in range(md.num_row_groups):
                 st = md.row_group(g).column(seq_col).statistics
                 if st is not None and st.has_min_max and not st.min <= seq <= st.max:
                     continue
                 key = f"{path}#{g}"
                 if key not in self._row_groups:
-                    self._row_groups[key] = pf.read_row_group(g)
+                    self._row_groups[key] = pf.read_row_group(g, use_threads=False)
                 rg = self._row_groups[key]
                 seqs = rg.column("seq").to_numpy()
                 k = int(np.searchsorted(seqs, seq))
                 if k < len(seqs) and seqs[k] == seq:
                     return codec.from_disk(rg.slice(k, 1), t)
+        return None
+
+
+class SeqIndex:
+    """Which type each non-BAR seq is, and its cause: enough to walk lineage without reading events."""
+
+    def __init__(self, seq: np.ndarray, types: np.ndarray, causes: np.ndarray) -> None:
+        self.seq = seq
+        self.types = types
+        self.causes = causes
+
+    @classmethod
+    def build(cls, tables: dict[EventType, pa.Table]) -> SeqIndex:
+        """From per-type tables with seq and causation_seq columns (null cause stored as -1)."""
+        if not tables:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty, np.empty(0, dtype=np.int8), empty)
+        seq = np.concatenate([t.column("seq").to_numpy() for t in tables.values()])
+        types = np.concatenate([np.full(t.num_rows, int(k), dtype=np.int8) for k, t in tables.items()])
+        causes = np.concatenate([t.column("causation_seq").fill_null(-1).to_numpy() for t in tables.values()])
+        order = np.argsort(seq, kind="stable")
+        return cls(seq[order], types[order], causes[order])
+
+    def table(self) -> pa.Table:
+        return pa.table({"seq": pa.array(self.seq, pa.int64()), "type": pa.array(self.types, pa.int8()),
+                         "causation_seq": pa.array(self.causes, pa.int64())})
+
+    def type_of(self, seq: int) -> EventType | None:
+        k = int(np.searchsorted(self.seq, seq))
+        if k < len(self.seq) and self.seq[k] == seq:
+            return EventType(int(self.types[k]))
         return None
 
 

@@ -2,8 +2,9 @@
 
 Flow: `append` hands a batch to the writer and returns; the writer converts batches to typed Arrow
 tables, buffers them, and writes a *segment* (one file per event type, each written to a temporary
-name, fsynced, renamed, directory fsynced) once `durability_events` events or `durability_ms`
-milliseconds are pending; the segment counts only when its line in the run's journal is fsynced.
+name, fsynced, renamed, directory fsynced) once half the durability window (`durability_events / 2`,
+so that writing runs ahead of the window) or `durability_ms` milliseconds of events are pending; the
+segment counts only when its line in the run's journal is fsynced.
 Backpressure: `append` blocks while `queue_batches` batches are in flight or while the events not
 yet durable would exceed the durability window, so a slow disk slows the producer and bounds
 memory; nothing is ever dropped.
@@ -157,6 +158,12 @@ class SegmentWriter:
         layout.write_json(mpath, m)
 
 
+def _segment_events(durability_events: int) -> int:
+    """Events per segment: half the durability window, so segments are written ahead of the window and
+    the producer (which blocks only when the window is full) does not wait for every segment."""
+    return max(1, durability_events // 2)
+
+
 def fork_available() -> bool:
     """Process mode needs fork (Linux/macOS) and the main thread (signals, PDEATHSIG bookkeeping)."""
     return ("fork" in multiprocessing.get_all_start_methods()
@@ -236,7 +243,7 @@ class StoreRecorder:
             ctx = multiprocessing.get_context("fork")
             parent, child = ctx.Pipe(duplex=True)
             _widen(parent)
-            self._proc = ctx.Process(target=_child_main, args=(child, writer, self.durability_events,
+            self._proc = ctx.Process(target=_child_main, args=(child, writer, _segment_events(self.durability_events),
                                                                self.durability_s),
                                      name=f"tradetrace-store-{self.run_id[:8]}", daemon=True)
             self._proc.start()
@@ -398,7 +405,7 @@ class StoreRecorder:
                     self._cond.notify_all()
                 if item is not None and item is not _END:
                     w.add(item)
-                due = item is _END or self._waiting or w.events >= self.durability_events or (
+                due = item is _END or self._waiting or w.events >= _segment_events(self.durability_events) or (
                     w.events and time.monotonic() - w.since >= self.durability_s)
                 if item is _END:
                     assert self.totals is not None
@@ -473,7 +480,7 @@ def _die_with_parent() -> None:
         print(f"tradetrace: writer cannot follow its parent's death: {exc}", file=sys.stderr)
 
 
-def _child_main(conn: Connection, w: SegmentWriter, durability_events: int, durability_s: float) -> None:
+def _child_main(conn: Connection, w: SegmentWriter, segment_events: int, durability_s: float) -> None:
     """The writer process: batches in, segments out, acknowledgements back.
 
     A reader thread takes every message off the pipe at once (a pipe holds only 64 KiB: without it
@@ -524,7 +531,7 @@ def _child_main(conn: Connection, w: SegmentWriter, durability_events: int, dura
             if kind == "batch":
                 reply(("taken",))
                 w.add(msg[1])
-                if w.events >= durability_events:
+                if w.events >= segment_events:
                     reply(("durable", w.write_segment()))
             elif kind == "flush":
                 reply(("durable", w.write_segment()))
