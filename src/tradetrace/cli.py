@@ -101,6 +101,11 @@ def run(
         out.print(f"\n[bold]Why did trade {t.trade_id} ({t.side} {t.symbol}) close?[/] "
                   f"Lineage of its exit fill {t.exit_fill_id}:", highlight=False)
         out.print(str(result.trace(t.exit_fill_id)), markup=False, highlight=False)
+    if cfg.tracing.enabled and cfg.store.enabled:
+        run = result.run_id
+        out.print(f"\nevents stored; explore them:\n  tradetrace events {run} --type FILL --limit 5\n"
+                  f"  tradetrace trace {run}:<seq>\n  tradetrace latency {run}\n  tradetrace runs --top 10 --by sharpe",
+                  markup=False, highlight=False)
 
 
 def _register_commands() -> None:
