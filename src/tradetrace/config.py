@@ -221,20 +221,25 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config; relative data paths resolve against the YAML's folder."""
+def read_yaml(path: str | Path, error: type[ValueError] = ConfigError, what: str = "config") -> Any:
+    """A YAML file's content, with `base_dir` (its folder) set on a mapping; one-line `error` otherwise."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+        raise error(f"{path}: {what} file not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise error(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if isinstance(data, dict):
         data.setdefault("base_dir", str(path.parent.resolve()))
-    return parse_config(data, str(path))
+    return data
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config; relative data paths also resolve against the YAML's folder."""
+    return parse_config(read_yaml(path), str(path))
 
 
 def as_config(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:

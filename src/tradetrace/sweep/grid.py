@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tradetrace.config import ConfigError, RunConfig, parse_config
+from tradetrace.config import ConfigError, RunConfig, parse_config, read_yaml
 
 MAX_COMBINATIONS = 1_000_000
 #: Sections a dotted grid key may address (strategy params are bare names or `strategy.params.x`).
@@ -146,18 +144,7 @@ def parse_grid(data: dict[str, Any], source: str = "grid") -> Grid:
 
 def load_grid(path: str | Path) -> Grid:
     """Read and validate a grid YAML; relative data paths resolve against the YAML's folder."""
-    path = Path(path)
-    if not path.exists():
-        raise GridError(f"{path}: grid file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise GridError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if isinstance(data, dict):
-        data.setdefault("base_dir", str(path.parent.resolve()))
-    return parse_grid(data, str(path))
+    return parse_grid(read_yaml(path, GridError, "grid"), str(path))
 
 
 def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
