@@ -198,18 +198,18 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
 
     times, equity, gross = portfolio.equity_curve()
     ppy = cfg.metrics.periods_per_year or md.periods_per_year()
-    metrics = compute_metrics(equity, gross, cfg.portfolio.initial_cash, [t["pnl"] for t in portfolio.closed],
+    metrics = compute_metrics(equity, gross, cfg.portfolio.initial_cash, portfolio.closed.column("pnl"),
                               ppy, cfg.metrics.risk_free)
     metrics["total_commission"] = portfolio.commission_paid
     metrics["total_slippage"] = portfolio.slippage_paid
     if portfolio.closed:
-        metrics["avg_bars_held"] = float(np.mean([t["bars_held"] for t in portfolio.closed]))
+        metrics["avg_bars_held"] = float(np.mean(portfolio.closed.column("bars_held")))
     result = BacktestResult(
         run_id=run_id, name=cfg.name, status=status, strategy=info.strategy, params=params, metrics=metrics,
         final_equity=float(equity[-1]) if len(equity) else cfg.portfolio.initial_cash,
         initial_cash=cfg.portfolio.initial_cash,
         equity=pd.Series(equity, index=pd.to_datetime(times, utc=True), name="equity"),
-        closed_trades=portfolio.closed, open_positions=portfolio.open_positions(),
+        trade_log=portfolio.closed, open_positions=portfolio.open_positions(),
         event_count=end.seq + 1, counts=counts, elapsed_s=elapsed, bars=rows_done, error=error,
         sweep_id=sweep_id, recorder=recorder if traced else None,
     )

@@ -43,7 +43,8 @@ def hysteresis_labels(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, m
     r = -1
     g = -1
     run = 0
-    vals, los, ups = value.tolist(), lower.tolist(), upper.tolist()
+    # memoryviews: Python floats per index without copying three columns into lists (long runs)
+    vals, los, ups = (memoryview(np.ascontiguousarray(a, dtype=np.float64)) for a in (value, lower, upper))
     for i in range(n):
         v, lo, up = vals[i], los[i], ups[i]
         if v != v or lo != lo or up != up:

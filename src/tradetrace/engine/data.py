@@ -59,18 +59,19 @@ class MarketData:
     daily: bool
     aux: dict[str, np.ndarray] = field(default_factory=dict)  # row-aligned, NaN before first value
     sources: dict[str, str] = field(default_factory=dict)
-    _lists: dict[str, list] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.ts)
 
-    def as_list(self, name: str) -> list:
-        """A column as a Python list, cached: what hot-path code indexes per bar."""
-        lst = self._lists.get(name)
-        if lst is None:
-            arr = self.aux[name] if name in self.aux else getattr(self, name)
-            lst = self._lists[name] = arr.tolist()
-        return lst
+    def column(self, name: str) -> memoryview:
+        """A column for per-bar code: indexing gives a Python float/int (no numpy scalar), zero-copy.
+
+        A memoryview costs ~35 ns per index against ~18 ns for a list, but a list of floats takes four
+        times the memory (32 B per value): on 10M-bar runs that is gigabytes. Code that reads a column
+        on every bar keeps its own list (see Strategy.I).
+        """
+        arr = self.aux[name] if name in self.aux else getattr(self, name)
+        return memoryview(np.ascontiguousarray(arr))
 
     def rows_of(self, symbol: int) -> np.ndarray:
         """Row indices of one symbol, in time order."""
@@ -257,6 +258,15 @@ def align(series: dict[str, Series], aux: dict[str, Series] | None = None) -> Ma
     if not series:
         raise DataError("no symbols to load")
     names = list(series)
+    if len(names) == 1:  # already in time order: no merge, no copies (matters for 10M-bar runs)
+        s = series[names[0]]
+        md = MarketData(symbols=names, ts=s.ts, symbol_idx=np.zeros(len(s.ts), dtype=np.int32), open=s.open,
+                        high=s.high, low=s.low, close=s.close, volume=s.volume, daily=s.daily,
+                        sources={names[0]: s.source})
+        for name, a in (aux or {}).items():
+            md.aux[name] = asof(md.ts, md.daily, a.ts, a.close, a.daily)
+            md.sources[name] = a.source
+        return md
     ts = np.concatenate([series[n].ts for n in names])
     sym = np.concatenate([np.full(len(series[n].ts), i, dtype=np.int32) for i, n in enumerate(names)])
     order = np.lexsort((sym, ts))

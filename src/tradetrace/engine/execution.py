@@ -28,9 +28,9 @@ class ExecutionSimulator:
         self.slippage = slippage
         self.fill_at_close = fill == "close"
         self.pending: dict[int, list[Event]] = {}  # symbol index -> market orders waiting for a bar
-        self._open = market.as_list("open")
-        self._close = market.as_list("close")
-        self._sym = market.as_list("symbol_idx")
+        self._open = market.column("open")
+        self._close = market.column("close")
+        self._sym = market.column("symbol_idx")
         self._sym_index = {s: k for k, s in enumerate(market.symbols)}
         bus.subscribe(EventType.ORDER, self.on_order)
 

@@ -19,6 +19,7 @@ from tradetrace.config import PortfolioConfig
 from tradetrace.engine.costs import Sizer
 from tradetrace.engine.data import MarketData
 from tradetrace.engine.risk import RiskManager
+from tradetrace.engine.trades import TradeLog
 from tradetrace.events.bus import TracedEventBus
 from tradetrace.events.event import Event
 from tradetrace.events.types import EventType
@@ -28,6 +29,7 @@ _OPEN = EventType.POSITION_OPEN
 _CLOSE = EventType.POSITION_CLOSE
 _UPDATE = EventType.PORTFOLIO_UPDATE
 _NAN = float("nan")
+_NO_REGIMES: dict[str, str] = {}
 
 
 @dataclass(slots=True)
@@ -87,7 +89,7 @@ class Portfolio:
         self.pos = [0.0] * n
         self.in_flight = [0.0] * n
         self.open_trades: dict[int, OpenTrade] = {}
-        self.closed: list[dict] = []
+        self.closed = TradeLog()
         self.fills: list[tuple[int, int, float, float, float]] = []  # row, sym, signed qty, price, fee
         self.realized = 0.0
         self.commission_paid = 0.0
@@ -96,7 +98,7 @@ class Portfolio:
         self._next_order = 1
         self._next_trade = 1
         self._sym_index = {s: k for k, s in enumerate(market.symbols)}
-        self._close = market.as_list("close")
+        self._close = market.column("close")
         self._rows = [market.rows_of(k) for k in range(n)]
         self._needs_equity = not hasattr(sizer, "quantity") or risk.cfg.max_gross_exposure is not None
         bus.subscribe(EventType.SIGNAL, self.on_signal)
@@ -216,17 +218,17 @@ class Portfolio:
             (tr.symbol, tr.trade_id, tr.side, qty, tr.entry_price, price, pnl, pnl_pct, entry_fee + exit_fee,
              tr.entry_fill_seq, order.reason))
         md = self.market
-        self.closed.append({
-            "trade_id": tr.trade_id, "symbol": tr.symbol, "side": "long" if tr.side > 0 else "short",
-            "quantity": qty, "entry_time": int(md.ts[tr.entry_row]), "entry_price": tr.entry_price,
-            "exit_time": int(md.ts[row]), "exit_price": price, "pnl": pnl, "pnl_pct": pnl_pct,
-            "commission": entry_fee + exit_fee, "bars_held": self._bars_between(s, tr.entry_row, row),
-            "exit_reason": order.reason,
-            "entry_signal_seq": tr.entry_signal_seq, "entry_order_seq": tr.entry_order_seq,
-            "entry_fill_seq": tr.entry_fill_seq, "exit_signal_seq": order.signal_seq,
-            "exit_order_seq": order.seq, "exit_fill_seq": fill.seq, "close_seq": close_ev.seq,
-            "entry_regimes": dict(tr.entry_regimes), "exit_regimes": self._regimes(s),
-        })
+        self.closed.append(
+            trade_id=tr.trade_id, symbol=tr.symbol, side="long" if tr.side > 0 else "short",
+            quantity=qty, entry_time=int(md.ts[tr.entry_row]), entry_price=tr.entry_price,
+            exit_time=int(md.ts[row]), exit_price=price, pnl=pnl, pnl_pct=pnl_pct,
+            commission=entry_fee + exit_fee, bars_held=self._bars_between(s, tr.entry_row, row),
+            exit_reason=order.reason,
+            entry_signal_seq=tr.entry_signal_seq, entry_order_seq=tr.entry_order_seq,
+            entry_fill_seq=tr.entry_fill_seq, exit_signal_seq=order.signal_seq,
+            exit_order_seq=order.seq, exit_fill_seq=fill.seq, close_seq=close_ev.seq,
+            entry_regimes=tr.entry_regimes, exit_regimes=self._regimes(s),
+        )
         tr.entry_commission -= entry_fee
         tr.quantity -= qty
         if tr.quantity <= 1e-12:
@@ -237,13 +239,16 @@ class Portfolio:
         return int(np.searchsorted(rows, b) - np.searchsorted(rows, a))
 
     def _regimes(self, s: int) -> dict[str, str]:
-        return self.regimes.labels_for(s) if self.regimes is not None else {}
+        """A fresh dict of the symbol's regimes, or one shared empty dict (never mutated) without classifiers."""
+        return self.regimes.labels_for(s) if self.regimes is not None else _NO_REGIMES
 
     # -- after the run ---------------------------------------------------------------------------
     def equity_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(times, equity, gross exposure) at every distinct bar time, marked at closes."""
         md = self.market
         n = len(md)
+        if len(md.symbols) == 1:
+            return self._equity_curve_one()
         cash_delta = np.zeros(n)
         qty_delta = np.zeros((len(md.symbols), n))
         for row, s, signed, price, fee in self.fills:
@@ -264,6 +269,23 @@ class Portfolio:
             gross += np.abs(pos) * px
         last = np.flatnonzero(np.append(md.ts[1:] != md.ts[:-1], True))  # last row of each time
         return md.ts[last], (cash + value)[last], gross[last]
+
+    def _equity_curve_one(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One symbol: every row is a distinct time; built in place (a few arrays, for 10M-bar runs)."""
+        md = self.market
+        n = len(md)
+        cash = np.zeros(n)
+        pos = np.zeros(n)
+        for row, _s, signed, price, fee in self.fills:
+            cash[row] -= signed * price + fee
+            pos[row] += signed
+        np.cumsum(cash, out=cash)
+        cash += self.cfg.initial_cash
+        np.cumsum(pos, out=pos)
+        np.multiply(pos, md.close, out=pos)  # position value
+        cash += pos  # equity
+        np.abs(pos, out=pos)  # gross exposure
+        return md.ts, cash, pos
 
     def open_positions(self) -> list[dict]:
         return [{"symbol": t.symbol, "side": "long" if t.side > 0 else "short", "quantity": t.quantity,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tradetrace.engine.trades import OPTIONAL_INT_FIELDS, TradeLog
 from tradetrace.events.event import make_event_id, parse_event_id
 from tradetrace.events.lineage import Lineage, to_traced, walk_back
 from tradetrace.events.types import EventType, event_schema
@@ -37,7 +38,7 @@ class BacktestResult:
     final_equity: float
     initial_cash: float
     equity: pd.Series
-    closed_trades: list[dict]
+    trade_log: TradeLog
     open_positions: list[dict]
     event_count: int
     counts: dict[str, int]
@@ -53,28 +54,35 @@ class BacktestResult:
 
     # -- trades ----------------------------------------------------------------------------------
     @property
+    def closed_trades(self) -> list[dict]:
+        """Closed trades as one dict each (built on request; `trades` is the columnar view)."""
+        return self.trade_log.to_dicts()
+
+    @property
     def trades(self) -> pd.DataFrame:
         """Closed trades, one row each, with the event ids of their lineage."""
+        log = self.trade_log
         cols = ["trade_id", "symbol", "side", "quantity", "entry_time", "entry_price", "exit_time",
                 "exit_price", "pnl", "pnl_pct", "commission", "bars_held", "exit_reason"]
-        rows = []
-        for t in self.closed_trades:
-            r = {k: t[k] for k in cols}
-            for k in _TRADE_ID_COLS:
-                r[f"{k}_id"] = self._eid(t[f"{k}_seq"])
-            for name, label in t["entry_regimes"].items():
-                r[f"entry_{name}"] = label
-            for name, label in t["exit_regimes"].items():
-                r[f"exit_{name}"] = label
-            rows.append(r)
-        df = pd.DataFrame(rows, columns=None if rows else cols + [f"{k}_id" for k in _TRADE_ID_COLS])
+        df = pd.DataFrame({c: log.column(c) for c in cols})
         for c in ("entry_time", "exit_time"):
-            df[c] = pd.to_datetime(df[c], utc=True) if len(df) else pd.Series(dtype="datetime64[ns, UTC]")
+            df[c] = pd.to_datetime(np.asarray(df[c], dtype=np.int64), utc=True)
+        prefix = f"{self.run_id}:"
+        for k in _TRADE_ID_COLS:
+            name = f"{k}_seq"
+            if name in OPTIONAL_INT_FIELDS:
+                df[f"{k}_id"] = [None if v is None else prefix + str(v) for v in log.optional_seq(name)]
+            else:
+                df[f"{k}_id"] = [prefix + str(v) for v in log.column(name).tolist()]
+        for side in ("entry", "exit"):
+            regimes = log.column(f"{side}_regimes")
+            for name in sorted({n for r in regimes for n in r}):
+                df[f"{side}_{name}"] = [r.get(name) for r in regimes]
         return df
 
     def trades_json(self) -> list[dict]:
         out = []
-        for t in self.closed_trades:
+        for t in self.trade_log.to_dicts():
             out.append({
                 "symbol": t["symbol"], "side": t["side"], "quantity": t["quantity"],
                 "entry_time": pd.Timestamp(t["entry_time"], tz="UTC").isoformat(),

@@ -31,10 +31,10 @@ class RiskManager:
         self.stop = cfg.stop_loss_pct / 100.0 if cfg.stop_loss_pct else None
         self.take = cfg.take_profit_pct / 100.0 if cfg.take_profit_pct else None
         self.portfolio: Portfolio | None = None
-        self._open = market.as_list("open")
-        self._high = market.as_list("high")
-        self._low = market.as_list("low")
-        self._sym = market.as_list("symbol_idx")
+        self._open = market.column("open")
+        self._high = market.column("high")
+        self._low = market.column("low")
+        self._sym = market.column("symbol_idx")
         self.breaches = 0
 
     @property

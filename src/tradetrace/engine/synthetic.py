@@ -64,30 +64,59 @@ def generate(bars: int, seed: int = 7, freq: str = "1min", symbols: list[str] | 
     ts = _timestamps(bars, freq, start)
     dt = 1.0 / (252 * bars_per_day)  # years per bar
     # Regimes change on average every ~20 trading days (vol) and ~30 days (trend).
-    vol_state = _markov(rng, bars, 2, 1.0 / (20 * bars_per_day))
-    trend_state = _markov(rng, bars, 3, 1.0 / (30 * bars_per_day))
+    vol_state = _markov(rng, bars, 2, 1.0 / (20 * bars_per_day)).astype(np.int8)
+    trend_state = _markov(rng, bars, 3, 1.0 / (30 * bars_per_day)).astype(np.int8)
     sigma = np.asarray(VOL_LEVELS)[vol_state]
     mu = np.asarray(TREND_LEVELS)[trend_state]
+    # Memory: long runs (8M+ bars) are generated in place, so the peak stays a few arrays above the
+    # result; the operations keep the order of the original formulas (same seed, same numbers).
+    drift = mu - 0.5 * sigma**2
+    drift *= dt
+    del mu
+    sig_sqdt = sigma * np.sqrt(dt)
     series: dict[str, Series] = {}
     common = rng.standard_normal(bars)
     for k, name in enumerate(symbols):
         # Symbols share the regimes; other symbols share half of the first one's shocks.
         z = common if k == 0 else 0.5 * common + np.sqrt(0.75) * rng.standard_normal(bars)
-        r = (mu - 0.5 * sigma**2) * dt + sigma * np.sqrt(dt) * z
-        close = start_price * (1 + 0.2 * k) * np.exp(np.cumsum(r))
-        prev = np.concatenate([[close[0] / np.exp(r[0])], close[:-1]])
-        gap = sigma * np.sqrt(dt) * 0.1 * rng.standard_normal(bars)
-        open_ = prev * np.exp(gap)
-        wick = sigma * np.sqrt(dt) * np.abs(rng.standard_normal((2, bars))) * 0.6
-        high = np.maximum(open_, close) * np.exp(wick[0])
-        low = np.minimum(open_, close) * np.exp(-wick[1])
-        volume = np.round(rng.lognormal(8.0, 0.5, bars) * (sigma / VOL_LEVELS[0]))
-        series[name] = Series(ts, np.round(open_, 4), np.round(high, 4), np.round(low, 4), np.round(close, 4),
-                              volume, freq == "1d", f"synthetic(seed={seed}, freq={freq})")
+        r = sig_sqdt * z
+        r += drift  # (mu - sigma^2/2) dt + sigma sqrt(dt) z
+        close = np.cumsum(r)
+        np.exp(close, out=close)
+        close *= start_price * (1 + 0.2 * k)
+        open_ = np.empty_like(close)  # previous close, then gapped
+        open_[0] = close[0] / np.exp(r[0])
+        open_[1:] = close[:-1]
+        del r
+        gap = sig_sqdt * 0.1
+        gap *= rng.standard_normal(bars)
+        np.exp(gap, out=gap)
+        open_ *= gap
+        del gap
+        wick = np.abs(rng.standard_normal((2, bars)))
+        wick *= sig_sqdt
+        wick *= 0.6
+        np.exp(wick[0], out=wick[0])
+        high = np.maximum(open_, close)
+        high *= wick[0]
+        np.negative(wick[1], out=wick[1])
+        np.exp(wick[1], out=wick[1])
+        low = np.minimum(open_, close)
+        low *= wick[1]
+        del wick
+        volume = rng.lognormal(8.0, 0.5, bars)
+        volume *= sigma / VOL_LEVELS[0]
+        np.round(volume, out=volume)
+        for arr in (open_, high, low, close):
+            np.round(arr, 4, out=arr)
         # Rounding can push open/close a hair outside high/low: widen the range to contain them.
-        s = series[name]
-        s.high = np.maximum.reduce([s.high, s.open, s.close])
-        s.low = np.minimum.reduce([s.low, s.open, s.close])
+        np.maximum(high, open_, out=high)
+        np.maximum(high, close, out=high)
+        np.minimum(low, open_, out=low)
+        np.minimum(low, close, out=low)
+        series[name] = Series(ts, open_, high, low, close, volume, freq == "1d",
+                              f"synthetic(seed={seed}, freq={freq})")
+    del drift, common
     md = align(series)
     # VIX-like: implied vol tracks the regime's vol with a premium and slow noise, in vol points.
     noise = np.cumsum(rng.standard_normal(bars)) * 0.02

@@ -242,7 +242,8 @@ class StoreRecorder:
         if self.mode == "process":
             ctx = multiprocessing.get_context("fork")
             parent, child = ctx.Pipe(duplex=True)
-            _widen(parent)
+            _widen(parent)  # the sender's SO_SNDBUF and the receiver's SO_RCVBUF both bound a send
+            _widen(child)
             self._proc = ctx.Process(target=_child_main, args=(child, writer, _segment_events(self.durability_events),
                                                                self.durability_s),
                                      name=f"tradetrace-store-{self.run_id[:8]}", daemon=True)

@@ -27,7 +27,7 @@ when the target changes, not on every bar.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -70,7 +70,7 @@ class Strategy:
         self.bus = bus
         self.data = data
         self.portfolio = portfolio
-        self.symbol_of = data.as_list("symbol_idx")
+        self.symbol_of = data.symbol_idx.tolist()  # read on every bar: a list (small ints are shared)
         self.targets = [0] * len(data.symbols)
 
     # -- to override -----------------------------------------------------------------------------
@@ -82,23 +82,30 @@ class Strategy:
         raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------------------
-    def I(self, func: Callable[..., np.ndarray], *args: Any, source: str = "close") -> list:  # noqa: E743
-        """Compute `func(series, *args)` on each symbol's own `source` column; row-aligned list.
+    def I(self, func: Callable[..., np.ndarray], *args: Any, source: str = "close") -> Sequence:  # noqa: E743
+        """Compute `func(series, *args)` on each symbol's own `source` column; row-aligned, indexable per bar.
 
-        `source` is a bar column (open/high/low/close/volume) or an auxiliary series name.
+        `source` is a bar column (open/high/low/close/volume) or an auxiliary series name. Integer
+        results (signals such as `crossover`) come back as a list of ints: as fast to index as a list
+        gets, and 8 bytes per bar since small ints are shared. Float results come back as a zero-copy
+        memoryview (8 bytes per bar; a list of floats would take 32).
         """
         assert self.data is not None
         md = self.data
         col = md.aux[source] if source in md.aux else getattr(md, source)
-        out = np.full(len(md), np.nan)
+        parts = []
         for s in range(len(md.symbols)):
-            rows = md.rows_of(s)
-            values = np.asarray(func(col[rows], *args), dtype=np.float64)
-            if values.shape != rows.shape:
+            rows = md.rows_of(s) if len(md.symbols) > 1 else slice(None)
+            values = np.asarray(func(col[rows], *args))
+            if values.shape != col[rows].shape:
                 raise ValueError(f"indicator {getattr(func, '__name__', func)!r} returned shape "
-                                 f"{values.shape}, expected {rows.shape}")
+                                 f"{values.shape}, expected {col[rows].shape}")
+            parts.append((rows, values))
+        integer = all(np.issubdtype(v.dtype, np.integer) or v.dtype == bool for _, v in parts)
+        out = np.zeros(len(md), dtype=np.int64) if integer else np.full(len(md), np.nan)
+        for rows, values in parts:
             out[rows] = values
-        return out.tolist()
+        return out.tolist() if integer else memoryview(out)
 
     def signal(self, direction: int, *, symbol: int | None = None, strength: float = 1.0,
                reason: str = "") -> None:

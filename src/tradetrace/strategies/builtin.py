@@ -148,7 +148,7 @@ class DonchianBreakout(Strategy):
         self.lower = self.I(ind.lowest, n, source="low")
         self.exit_low = self.I(ind.lowest, m, source="low")
         self.exit_high = self.I(ind.highest, m, source="high")
-        self.close = self.data.as_list("close")
+        self.close = self.data.column("close")
 
     def next(self, i: int) -> None:
         up = self.upper[i]

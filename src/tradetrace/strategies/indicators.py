@@ -103,19 +103,22 @@ def crossover(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """+1 where a crosses above b, -1 where it crosses below, else 0.
 
     Same rule as backtrader's CrossOver: compare with the last non-zero difference, so touching
-    without crossing is not a cross and a cross through equality counts once.
+    without crossing is not a cross and a cross through equality counts once. Built from an int8 sign
+    and an int32 forward-fill index (a few bytes per bar: long runs have 10M bars).
     """
     d = a - b
-    valid = np.isfinite(d)
-    nzd = np.where(valid & (d != 0), d, np.nan)
-    first = np.flatnonzero(valid)
-    if len(first):
-        nzd[first[0]] = d[first[0]]  # seed with the first difference even if zero
-    nzd = pd.Series(nzd).ffill().to_numpy()
-    prev = np.concatenate([[np.nan], nzd[:-1]])
-    out = np.zeros(len(a), dtype=np.int8)
-    out[(prev < 0) & (d > 0)] = 1
-    out[(prev > 0) & (d < 0)] = -1
+    n = len(d)
+    sign = np.zeros(n, dtype=np.int8)  # from comparisons: NaN (warm-up) compares false and stays 0
+    sign[d > 0] = 1
+    sign[d < 0] = -1
+    # Last non-zero sign at or before i: forward-fill the positions where the sign is non-zero.
+    pos = np.where(sign != 0, np.arange(n, dtype=np.int32), np.int32(-1))
+    np.maximum.accumulate(pos, out=pos)
+    last = np.where(pos >= 0, sign[np.maximum(pos, 0)], np.int8(0))
+    del pos
+    out = np.zeros(n, dtype=np.int8)
+    out[1:][(last[:-1] < 0) & (d[1:] > 0)] = 1
+    out[1:][(last[:-1] > 0) & (d[1:] < 0)] = -1
     return out
 
 
