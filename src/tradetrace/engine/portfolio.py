@@ -99,7 +99,8 @@ class Portfolio:
         self._next_trade = 1
         self._sym_index = {s: k for k, s in enumerate(market.symbols)}
         self._close = market.column("close")
-        self._rows = [market.rows_of(k) for k in range(n)]
+        # Row index of each symbol; one symbol owns every row (no index: 8 bytes per bar saved).
+        self._rows = [market.rows_of(k) for k in range(n)] if n > 1 else None
         self._needs_equity = not hasattr(sizer, "quantity") or risk.cfg.max_gross_exposure is not None
         bus.subscribe(EventType.SIGNAL, self.on_signal)
         bus.subscribe(EventType.FILL, self.on_fill)
@@ -108,6 +109,8 @@ class Portfolio:
     # -- valuation -------------------------------------------------------------------------------
     def last_price(self, s: int, row: int) -> float:
         """Close of symbol s at or before `row` (its entry price if it has no bar yet)."""
+        if self._rows is None:
+            return self._close[row]
         rows = self._rows[s]
         k = int(np.searchsorted(rows, row, side="right")) - 1
         if k >= 0:
@@ -235,6 +238,8 @@ class Portfolio:
             del self.open_trades[s]
 
     def _bars_between(self, s: int, a: int, b: int) -> int:
+        if self._rows is None:
+            return b - a
         rows = self._rows[s]
         return int(np.searchsorted(rows, b) - np.searchsorted(rows, a))
 
@@ -261,7 +266,8 @@ class Portfolio:
             pos = np.cumsum(qty_delta[s])
             px = np.where(md.symbol_idx == s, md.close, np.nan)
             if math.isnan(px[0]):
-                px[0] = md.close[self._rows[s][0]] if len(self._rows[s]) else 0.0
+                first = md.rows_of(s)
+                px[0] = md.close[first[0]] if len(first) else 0.0
             idx = np.where(~np.isnan(px), np.arange(n), 0)
             np.maximum.accumulate(idx, out=idx)
             px = px[idx]

@@ -9,6 +9,7 @@ per day, so the same seed gives the same market whatever the bar frequency.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from tradetrace.engine.data import NS_PER_DAY, MarketData, Series, align
 
@@ -126,8 +127,9 @@ def generate(bars: int, seed: int = 7, freq: str = "1min", symbols: list[str] | 
     vix_first = np.maximum(vix_first, 5.0)
     md.aux["VIX"] = np.repeat(vix_first, len(symbols)) if len(symbols) > 1 else vix_first
     md.sources["VIX"] = f"synthetic(seed={seed})"
-    truth = {"vol_regime": np.where(vol_state == 1, "high", "low"),
-             "trend_regime": np.asarray(["up", "flat", "down"])[trend_state]}
+    # Categoricals: one byte per bar (string arrays would take 16), compare with == "high" as usual.
+    truth = {"vol_regime": pd.Categorical.from_codes(vol_state, ["low", "high"]),
+             "trend_regime": pd.Categorical.from_codes(trend_state, ["up", "flat", "down"])}
     return md, truth
 
 

@@ -62,7 +62,7 @@ class Strategy:
         self.bus: TracedEventBus | None = None
         self.data: MarketData | None = None
         self.portfolio: PortfolioView | None = None
-        self.symbol_of: list[int] = []
+        self._symbol_of: list[int] | None = None
         self.targets: list[int] = []
 
     def bind(self, bus: TracedEventBus, data: MarketData, portfolio: PortfolioView) -> None:
@@ -70,8 +70,16 @@ class Strategy:
         self.bus = bus
         self.data = data
         self.portfolio = portfolio
-        self.symbol_of = data.symbol_idx.tolist()  # read on every bar: a list (small ints are shared)
+        self._symbol_of = None
         self.targets = [0] * len(data.symbols)
+
+    @property
+    def symbol_of(self) -> list[int]:
+        """Symbol index of every row, for strategies that read it on every bar (built on first use)."""
+        if self._symbol_of is None:
+            assert self.data is not None
+            self._symbol_of = self.data.symbol_idx.tolist()  # a list: fastest per-bar index; small ints shared
+        return self._symbol_of
 
     # -- to override -----------------------------------------------------------------------------
     def init(self) -> None:
@@ -113,7 +121,7 @@ class Strategy:
         assert self.bus is not None and self.data is not None
         if direction not in (-1, 0, 1):
             raise ValueError(f"signal direction must be -1, 0 or 1, got {direction!r}")
-        s = self.symbol_of[self.bus.current_row] if symbol is None else symbol
+        s = int(self.data.symbol_idx[self.bus.current_row]) if symbol is None else symbol
         self.targets[s] = direction
         self.bus.publish(EventType.SIGNAL, self.container,
                          (self.data.symbols[s], direction, float(strength), reason))
