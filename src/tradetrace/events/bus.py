@@ -92,7 +92,7 @@ class TracedEventBus:
 
     def publish(self, event_type: EventType, source: str, payload: tuple, cause: int | None = None,
                 links: list[int] | None = None) -> Event:
-        """Publish a non-BAR event. Hot path: no allocation beyond the Event itself."""
+        """Publish a non-BAR event. Hot path: builds the Event; traced, appends its fields to the chunk log."""
         if cause is None:
             cur = self._current
             cause = cur.seq if cur is not None else ~self._cur_bar
