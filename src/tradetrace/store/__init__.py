@@ -179,4 +179,4 @@ def recorder_for(cfg: RunConfig) -> Recorder:
     if s.sampling.enabled:
         sampling = Sampling(context=s.sampling.context, base_rate=s.sampling.base_rate, seed=s.sampling.seed)
     return EventStore(s.path).recorder(s.durability_events, s.durability_ms, s.queue_batches, sampling,
-                                       s.compression)
+                                       s.compression, mode=None if s.writer == "auto" else s.writer)

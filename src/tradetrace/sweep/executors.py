@@ -62,6 +62,8 @@ def execute(task: RunTask, market: MarketData) -> TaskOutcome:
     extra = {k: v for k, v in task.values.items() if "." in k}  # grid keys outside the strategy params
     try:
         cfg = parse_config(task.config)
+        if cfg.store.writer == "auto":  # parallel runs already use the cores: no writer process per run
+            cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"writer": "thread"})})
         try:
             result = run_backtest(cfg, market=market, correlation_id=task.correlation_id, sweep_id=task.sweep_id,
                                   record_db=False)
