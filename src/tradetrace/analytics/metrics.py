@@ -15,17 +15,21 @@ import numpy as np
 
 
 def returns_from_equity(equity: np.ndarray, initial: float) -> np.ndarray:
-    """Simple returns per bar; the first is measured from the initial cash."""
-    prev = np.concatenate([[initial], equity[:-1]])
+    """Simple returns per bar; the first is measured from the initial cash. Built in place (10M-bar runs)."""
+    r = np.empty(len(equity))
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = equity / prev - 1.0
-    return np.where(np.isfinite(r), r, 0.0)
+        if len(r):
+            r[0] = equity[0] / initial
+            np.divide(equity[1:], equity[:-1], out=r[1:])
+        r -= 1.0
+    r[~np.isfinite(r)] = 0.0
+    return r
 
 
 def sharpe(r: np.ndarray, periods_per_year: float, risk_free: float = 0.0) -> float:
     if len(r) < 2:
         return float("nan")
-    ex = r - risk_free
+    ex = r - risk_free if risk_free else r
     mean = ex.mean()
     sd = 0.0 if ex.max() == ex.min() else ex.std(ddof=1)  # identical returns: exactly 0, not a ~1e-18 residue
     if sd == 0:
@@ -38,8 +42,11 @@ def sharpe(r: np.ndarray, periods_per_year: float, risk_free: float = 0.0) -> fl
 def sortino(r: np.ndarray, periods_per_year: float, risk_free: float = 0.0) -> float:
     if len(r) < 2:
         return float("nan")
-    ex = r - risk_free
-    downside = np.sqrt(np.mean(np.minimum(ex, 0.0) ** 2))
+    ex = r - risk_free if risk_free else r
+    down = np.minimum(ex, 0.0)
+    np.square(down, out=down)
+    downside = np.sqrt(np.mean(down))
+    del down
     if downside == 0:
         mean = ex.mean()
         return float("nan") if mean == 0 else math.copysign(math.inf, mean)
@@ -50,9 +57,13 @@ def max_drawdown(r: np.ndarray) -> float:
     """Worst peak-to-trough fall of cumulative returns (negative number, 0 when none)."""
     if len(r) == 0:
         return 0.0
-    wealth = np.concatenate([[1.0], np.cumprod(1.0 + r)])
+    wealth = 1.0 + r
+    np.cumprod(wealth, out=wealth)
     peak = np.maximum.accumulate(wealth)
-    return float(np.min(wealth / peak - 1.0))
+    np.maximum(peak, 1.0, out=peak)  # the starting wealth (1.0) is the first peak
+    np.divide(wealth, peak, out=peak)
+    # min(w/p - 1) == min(w/p) - 1 exactly (x - 1 rounds monotonically); the start contributes 0
+    return min(0.0, float(peak.min()) - 1.0)
 
 
 def annual_return(r: np.ndarray, periods_per_year: float) -> float:

@@ -81,12 +81,13 @@ class MarketData:
         """Bars per year per symbol, for annualizing: 252 for daily data, observed otherwise."""
         if self.daily:
             return 252.0
-        rows = self.rows_of(0)
-        if len(rows) < 2:
+        t = self.ts if len(self.symbols) == 1 else self.ts[self.rows_of(0)]  # no copy for one symbol
+        if len(t) < 2:
             return 252.0
-        t = self.ts[rows]
-        days = np.unique(t // NS_PER_DAY)
-        bars_per_day = len(rows) / len(days)
+        day = t // NS_PER_DAY  # sorted: distinct days are where it changes (no full sort, long runs)
+        days = day[np.concatenate([[0], np.flatnonzero(np.diff(day)) + 1])]
+        del day
+        bars_per_day = len(t) / len(days)
         # Trading days per year: 252 for data that skips weekends, 365 for 24/7 data.
         weekdays = ((days + 3) % 7) < 5  # 1970-01-01 was a Thursday
         per_year = 252.0 if weekdays.all() else 365.0

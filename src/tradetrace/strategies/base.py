@@ -110,6 +110,9 @@ class Strategy:
                                  f"{values.shape}, expected {col[rows].shape}")
             parts.append((rows, values))
         integer = all(np.issubdtype(v.dtype, np.integer) or v.dtype == bool for _, v in parts)
+        if len(parts) == 1:  # one symbol: no scatter, no full-length copy
+            values = parts[0][1]
+            return values.tolist() if integer else memoryview(np.ascontiguousarray(values, dtype=np.float64))
         out = np.zeros(len(md), dtype=np.int64) if integer else np.full(len(md), np.nan)
         for rows, values in parts:
             out[rows] = values
