@@ -53,11 +53,18 @@ def sortino(r: np.ndarray, periods_per_year: float, risk_free: float = 0.0) -> f
     return float(ex.mean() * periods_per_year / (downside * math.sqrt(periods_per_year)))
 
 
-def max_drawdown(r: np.ndarray) -> float:
-    """Worst peak-to-trough fall of cumulative returns (negative number, 0 when none)."""
+def max_drawdown(r: np.ndarray, overwrite: bool = False) -> float:
+    """Worst peak-to-trough fall of cumulative returns (negative number, 0 when none).
+
+    `overwrite=True` builds the wealth curve in `r`'s own buffer (one long array less at the peak).
+    """
     if len(r) == 0:
         return 0.0
-    wealth = 1.0 + r
+    if overwrite:
+        wealth = r
+        wealth += 1.0
+    else:
+        wealth = 1.0 + r
     np.cumprod(wealth, out=wealth)
     peak = np.maximum.accumulate(wealth)
     np.maximum(peak, 1.0, out=peak)  # the starting wealth (1.0) is the first peak
@@ -114,10 +121,10 @@ def compute_metrics(equity: np.ndarray, gross: np.ndarray, initial: float, pnls:
         "annual_volatility": annual_volatility(r, periods_per_year),
         "sharpe": sharpe(r, periods_per_year, risk_free),
         "sortino": sortino(r, periods_per_year, risk_free),
-        "max_drawdown": max_drawdown(r),
         "exposure": float(np.mean(gross > 0)) if len(gross) else 0.0,
         "periods_per_year": float(periods_per_year),
         "final_equity": final,
     }
+    out["max_drawdown"] = max_drawdown(r, overwrite=True)  # last: it consumes r
     out.update(trade_stats(pnls))
     return out
