@@ -12,32 +12,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tradetrace.events._hotbus import EventBase
 from tradetrace.events.types import PAYLOAD_NAMES, EventType
 
 #: Causation value meaning "no cause" (only RUN_START has none).
 NO_CAUSE = -(1 << 62)
 
 
-class Event:
-    """A published event as handlers see it.
+class Event(EventBase):
+    """A published event as handlers see it: `Event(type, seq, cause, source, payload, row, links=None)`.
 
-    `cause` is the seq of the causing event, or `~row` (a negative number) when the cause is the
-    BAR of market-data row `row`: BAR seqs are only known at flush time (they are recorded in bulk),
-    so the bus resolves these references then. `row` is the market-data row being handled when the
-    event was published; it gives the event its market timestamp.
+    Fields (read-only, C slots: built by the bus's C core, see `_hotbus.c`): `type`, `seq`, `source`,
+    `payload` (tuple in schema order), `links` (further causes or None), `row` (the market-data row
+    being handled when the event was published; it gives the event its market timestamp), and `cause`:
+    the seq of the causing event, or `~row` (a negative number) when the cause is the BAR of
+    market-data row `row`: BAR seqs are only known at flush time (they are recorded in bulk), so the
+    bus resolves these references then.
     """
 
-    __slots__ = ("type", "seq", "cause", "source", "payload", "row", "links")
-
-    def __init__(self, type: EventType, seq: int, cause: int, source: str, payload: tuple,
-                 row: int, links: list[int] | None) -> None:
-        self.type = type
-        self.seq = seq
-        self.cause = cause
-        self.source = source
-        self.payload = payload
-        self.row = row
-        self.links = links
+    __slots__ = ()
 
     def get(self, name: str) -> Any:
         """Payload field by name (slow path, for tests and user code; handlers index the tuple)."""

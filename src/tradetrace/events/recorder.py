@@ -9,7 +9,6 @@ implements the same protocol.
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,7 +56,7 @@ class BarBlock:
 
     row_start: int
     row_stop: int
-    sampled_flat: array  # array('q'): row, received_ns, processed_ns (monotonic), flattened
+    sampled_flat: bytes  # int64 row, received_ns, processed_ns (monotonic), flattened
     emitted_ns: int  # monotonic clock when the feed emitted this chunk
 
     @property
@@ -75,11 +74,7 @@ class Recorder(Protocol):
     def end(self, totals: RunTotals) -> None: ...
 
 
-def _col(values: tuple | list, typ: pa.DataType) -> pa.Array:
-    """Python values -> Arrow. Integers go through numpy: pa.array on Python ints is ~100x slower."""
-    if pa.types.is_integer(typ):
-        return pa.array(np.array(values, dtype=typ.to_pandas_dtype()))
-    return pa.array(values, type=typ)
+_N_TYPES = 16  # rt packs the type in 4 bits
 
 
 def _ts(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
@@ -87,31 +82,53 @@ def _ts(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
 
 
 class ChunkLog:
-    """The non-BAR events of one chunk, recorded columnar by the bus as they happen.
+    """The non-BAR events of one chunk, recorded columnar by the bus's C core as they happen.
 
-    Typed arrays (`array('q')`) take an append as cheaply as a list but become numpy arrays without a
-    copy; payload tuples and source names stay Python objects (one append each). Dispatch is FIFO, so
-    the k-th `received` clock is the k-th published event's; an event's processing ends when the next
-    one is received, or at the clock recorded in `drain_ends` for the last event of a drain.
+    Every column arrives as bytes (int64 values, copied once per chunk) and becomes a numpy array
+    without a copy; nothing per event is a Python object, so a chunk pickles at memcpy speed.
+    Payloads are typed columns per event type (`payload[type]`: one column per schema field, in the
+    order of that type's events): float64 bits (a null is `NULL_FLOAT_BITS`), int64, or int64 codes
+    into `strings` (-1 for None). Sources are codes into `strings` too. Dispatch is FIFO, so the k-th
+    `received` clock is the k-th published event's; an event's processing ends when the next one is
+    received, or at the clock recorded in `drain_ends` for the last event of a drain.
     """
 
-    __slots__ = ("rt", "cause", "emitted", "source", "payload", "links", "received", "drain_ends")
+    __slots__ = ("rt", "cause", "emitted", "source", "payload", "links", "received", "drain_ends", "strings")
 
-    def __init__(self) -> None:
-        self.rt = array("q")  # row << 4 | event type
-        self.cause = array("q")  # seq, ~row for a BAR, NO_CAUSE
-        self.emitted = array("q")  # monotonic ns at publish
-        self.source: list[str] = []
-        self.payload: list[tuple] = []
-        self.links: list[tuple[int, list[int]]] = []  # (index in chunk, links): sparse
-        self.received = array("q")  # monotonic ns at dispatch
-        self.drain_ends = array("q")  # flat (index of a drain's last event, monotonic ns)
+    def __init__(self, rt: bytes = b"", cause: bytes = b"", emitted: bytes = b"", source: bytes = b"",
+                 payload: list[tuple[bytes, ...] | None] | None = None,
+                 links: list[tuple[int, list[int]]] | None = None, received: bytes = b"", drain_ends: bytes = b"",
+                 strings: list[str] | None = None) -> None:
+        self.rt = rt  # row << 4 | event type
+        self.cause = cause  # seq, ~row for a BAR, NO_CAUSE
+        self.emitted = emitted  # monotonic ns at publish
+        self.source = source  # codes into strings
+        self.payload: list[tuple[bytes, ...] | None] = payload if payload is not None else [None] * _N_TYPES
+        self.links: list[tuple[int, list[int]]] = links if links is not None else []  # (index in chunk, links)
+        self.received = received  # monotonic ns at dispatch
+        self.drain_ends = drain_ends  # flat (index of a drain's last event, monotonic ns)
+        self.strings: list[str] = strings if strings is not None else []
 
     def __len__(self) -> int:
-        return len(self.rt)
+        return len(self.rt) // 8
 
 
-_N_TYPES = 16  # rt packs the type in 4 bits
+#: Bit pattern of a null float payload field (a NaN no arithmetic produces).
+NULL_FLOAT_BITS = 0x7FF8DEAD0000BEEF
+
+
+def _payload_col(raw: bytes, typ: pa.DataType, strings: pa.Array) -> pa.Array:
+    """One recorded payload column -> Arrow, vectorized."""
+    v = np.frombuffer(raw, dtype=np.int64)
+    if pa.types.is_floating(typ):
+        null = v == NULL_FLOAT_BITS
+        return pa.array(v.view(np.float64), mask=null if null.any() else None)
+    if pa.types.is_integer(typ):
+        return pa.array(v.astype(typ.to_pandas_dtype(), copy=False))
+    null = v < 0
+    return strings.take(pa.array(v, mask=null if null.any() else None))
+
+
 assert len(EventType) <= _N_TYPES
 _TYPE_NAMES = [EventType(t).name if t < len(EventType) else "" for t in range(_N_TYPES)]
 
@@ -220,7 +237,8 @@ class EventBatch:
             processed[ends[:, 0]] = self._wall(ends[:, 1])
         rx_null = np.arange(n) >= m
         px_null = rx_null | ~self._processed_known(m, ends, n)
-        sources = pa.array(log.source, type=pa.string())
+        strings = pa.array(log.strings, type=pa.string())
+        sources = strings.take(pa.array(np.frombuffer(log.source, dtype=np.int64)))
         links = self._links(n)
         for t in np.unique(self._types).tolist():
             idx = np.flatnonzero(self._types == t)
@@ -241,10 +259,10 @@ class EventBatch:
                 pa.array(np.full(k, SCHEMA_VERSION, dtype=np.int16)),
                 links.take(pick),
             ]
-            payloads = [log.payload[i] for i in idx.tolist()]
-            fields = PAYLOAD_FIELDS[etype]
-            for (_, typ), values in zip(fields, zip(*payloads, strict=True), strict=True):
-                cols.append(_col(values, typ))
+            raw = log.payload[t]
+            assert raw is not None, f"{etype.name} events without recorded payload columns"
+            for (_, typ), col in zip(PAYLOAD_FIELDS[etype], raw, strict=True):
+                cols.append(_payload_col(col, typ, strings))
             out[etype] = pa.Table.from_arrays(cols, schema=event_schema(etype))
         return dict(sorted(out.items()))
 
