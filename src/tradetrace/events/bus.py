@@ -29,12 +29,12 @@ per event: wiring, counts, handing recorded chunks to the recorder, and BAR seqs
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import monotonic_ns, time_ns
+from time import time_ns
 
 import numpy as np
 import pyarrow as pa
 
-from tradetrace.events._hotbus import NTYPES, BusCore
+from tradetrace.events._hotbus import NTYPES, TICKS_ARE_NS, BusCore, clock_pair
 from tradetrace.events.event import NO_CAUSE, Event
 from tradetrace.events.recorder import BarBlock, ChunkLog, EventBatch, Recorder
 from tradetrace.events.types import PAYLOAD_FIELDS, EventType
@@ -78,7 +78,7 @@ class TracedEventBus(BusCore):
         self._flushed_nonbar = 0  # non-BAR events already flushed
         self._last_bar_seq: int | None = None  # seq of the BAR of row _flushed_rows - 1
         self.anchor_wall_ns = time_ns()  # one wall-clock anchor per run (DESIGN.md)
-        self.anchor_mono_ns = monotonic_ns()
+        self.anchor_tick, self.anchor_mono_ns = clock_pair()  # the recorded clocks are ticks: see _hotbus.c
 
     # -- wiring ----------------------------------------------------------------------------------
     def subscribe_bars(self, handler: BarHandler) -> None:
@@ -156,8 +156,15 @@ class TracedEventBus(BusCore):
             self._last_bar_seq = last + before + int(np.searchsorted(rows, last, side="left"))
         self._flushed_rows = rows_done
         self._flushed_nonbar += len(log)
-        return EventBatch(self.correlation_id, self.anchor_wall_ns, self.anchor_mono_ns, bars, log, before,
-                          prev_bar_seq)
+        return EventBatch(self.correlation_id, self.anchor_wall_ns, self.anchor_tick, self.ns_per_tick(), bars, log,
+                          before, prev_bar_seq)
+
+    def ns_per_tick(self) -> float:
+        """Rate of the recorded clock, measured from the run's start to now (1.0 where ticks are ns)."""
+        if TICKS_ARE_NS:
+            return 1.0
+        tick, mono = clock_pair()
+        return (mono - self.anchor_mono_ns) / (tick - self.anchor_tick) if tick > self.anchor_tick else 1.0
 
     def flush(self, rows_done: int) -> None:
         """Pass the pending batch to the recorder, if any."""

@@ -158,6 +158,12 @@ class SegmentWriter:
         layout.write_json(mpath, m)
 
 
+#: A writer with nothing waiting writes a segment once it holds this fraction of a full one. Keeping up, it
+#: writes smaller segments, so little is left to write when the run ends (the run's end waits for it);
+#: falling behind, it writes full ones (fewer files and fsyncs per event). Compaction merges them later.
+_IDLE_FRACTION = 4
+
+
 def _segment_events(durability_events: int) -> int:
     """Events per segment: half the durability window, so segments are written ahead of the window and
     the producer (which blocks only when the window is full) does not wait for every segment."""
@@ -406,8 +412,11 @@ class StoreRecorder:
                     self._cond.notify_all()
                 if item is not None and item is not _END:
                     w.add(item)
-                due = item is _END or self._waiting or w.events >= _segment_events(self.durability_events) or (
-                    w.events and time.monotonic() - w.since >= self.durability_s)
+                seg = _segment_events(self.durability_events)
+                with self._cond:
+                    idle = not self._queue
+                due = (item is _END or self._waiting or w.events >= seg or (idle and w.events >= seg // _IDLE_FRACTION)
+                       or (w.events and time.monotonic() - w.since >= self.durability_s))
                 if item is _END:
                     assert self.totals is not None
                     w.finish(self.totals)
@@ -532,7 +541,9 @@ def _child_main(conn: Connection, w: SegmentWriter, segment_events: int, durabil
             if kind == "batch":
                 reply(("taken",))
                 w.add(msg[1])
-                if w.events >= segment_events:
+                with ready:
+                    idle = not inbox
+                if w.events >= segment_events or (idle and w.events >= segment_events // _IDLE_FRACTION):
                     reply(("durable", w.write_segment()))
             elif kind == "flush":
                 reply(("durable", w.write_segment()))

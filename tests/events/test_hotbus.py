@@ -1,0 +1,141 @@
+"""The C hot path of the bus (`_hotbus.c`): clocks, payload typing and validation, string dictionary.
+
+The property tests (test_bus_properties.py) check seq, causation and payload round trips on random
+cascades; these check what the C core adds: clock ticks mapped to wall time, payloads checked
+against their schema at publish (nothing recorded when one is wrong), nulls, and the per-chunk
+string dictionary with its identity cache.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tradetrace.engine.data import MarketData
+from tradetrace.events.bus import TracedEventBus
+from tradetrace.events.event import NO_CAUSE, Event
+from tradetrace.events.recorder import MemoryRecorder, RunInfo, RunTotals
+from tradetrace.events.types import EventType
+
+
+def market(n: int) -> MarketData:
+    ts = np.arange(n, dtype=np.int64) * 60_000_000_000 + 1_700_000_000_000_000_000
+    px = 100.0 + np.arange(n, dtype=np.float64)
+    return MarketData(["S"], ts, np.zeros(n, dtype=np.int32), px, px + 1, px - 1, px, np.ones(n), daily=False)
+
+
+def recorded_run(n: int, on_bar, subs=(), chunk: int = 7, every: int = 3):
+    """A bare traced run over n rows with the given bar handler; returns (tables, wall before, wall after)."""
+    md = market(n)
+    rec = MemoryRecorder()
+    bus = TracedEventBus("run", recorder=rec, bar_clock_every=every)
+    rec.begin(RunInfo("run", "t", "t", {}), md)
+    bus.subscribe_bars(lambda i: on_bar(bus, i))
+    for t, h in subs:
+        bus.subscribe(t, lambda ev, h=h: h(bus, ev))
+    before = time.time_ns()
+    bus.publish_start("engine", ("t", "t", "{}", "S"))
+    for start in range(0, n, chunk):
+        bus.run_bars(start, min(start + chunk, n))
+        time.sleep(0.001)  # chunks apart in time: the tick rate is measured across them
+        bus.flush(min(start + chunk, n))
+    bus.publish(EventType.RUN_END, "engine", ("completed", "", bus.published + 1), cause=NO_CAUSE)
+    bus.drain()
+    bus.flush(n)
+    after = time.time_ns()
+    rec.end(RunTotals("completed", None, bus.published, bus.counts))
+    return rec.tables(), before, after
+
+
+def ns(col) -> np.ndarray:
+    return col.cast("int64").to_numpy(zero_copy_only=False)
+
+
+def test_clocks_are_wall_times_in_order_within_the_run() -> None:
+    def on_bar(bus: TracedEventBus, i: int) -> None:
+        bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, "r"))
+
+    def on_signal(bus: TracedEventBus, ev: Event) -> None:
+        bus.publish(EventType.ORDER, "portfolio", ("S", ev.seq, 1, 10.0, "market", float("nan"), "x"))
+
+    tables, before, after = recorded_run(50, on_bar, [(EventType.SIGNAL, on_signal)])
+    sig, order, bars = tables[EventType.SIGNAL], tables[EventType.ORDER], tables[EventType.BAR]
+    for tab in (sig, order):
+        em, rx, px = ns(tab["emitted_at"]), ns(tab["received_at"]), ns(tab["processed_at"])
+        # a few microseconds of slack: the anchor pair and the tick rate are measured, not exact
+        assert np.all(em >= before - 50_000) and np.all(px <= after + 50_000)
+        assert np.all(em <= rx + 1_000) and np.all(rx <= px + 1_000)
+    # an ORDER is published while its SIGNAL is being handled: after the SIGNAL was received
+    sig_rx = dict(zip(sig["seq"].to_pylist(), ns(sig["received_at"]), strict=True))
+    for cause, em in zip(order["causation_seq"].to_pylist(), ns(order["emitted_at"]), strict=True):
+        assert em + 1_000 >= sig_rx[cause]
+    sampled = bars.filter(bars["received_at"].is_valid())
+    assert len(sampled) >= 50 // 3  # every 3rd row of each chunk
+    assert np.all(ns(sampled["received_at"]) <= ns(sampled["processed_at"]) + 1_000)
+    assert np.all(ns(sampled["received_at"]) >= before - 50_000)
+
+
+def test_bad_payload_raises_naming_type_and_field_and_records_nothing() -> None:
+    bus = TracedEventBus("run")
+    with pytest.raises(TypeError, match=r"FILL payload field 'price': expected a number, got 'abc'"):
+        bus.publish(EventType.FILL, "execution", ("S", 1, 1, 10.0, "abc", 0.0, 0.0))
+    with pytest.raises(TypeError, match=r"SIGNAL payload must be a tuple of 4 fields"):
+        bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0))
+    with pytest.raises(TypeError, match=r"ORDER payload field 'order_id': expected an integer, got 1.5"):
+        bus.publish(EventType.ORDER, "portfolio", ("S", 1.5, 1, 10.0, "market", 0.0, ""))
+    with pytest.raises(TypeError, match=r"SIGNAL payload field 'symbol': expected a string, got 7"):
+        bus.publish(EventType.SIGNAL, "strategy", (7, 1, 1.0, ""))
+    with pytest.raises(TypeError, match="source must be a container name"):
+        bus.publish(EventType.SIGNAL, None, ("S", 1, 1.0, ""))
+    assert bus._logged == 0 and bus._queued == 0 and bus.published == 0
+    untraced = TracedEventBus("run", traced=False)  # nothing is recorded, so nothing is checked
+    assert untraced.publish(EventType.SIGNAL, "strategy", ("S", 1)).payload == ("S", 1)
+
+
+def test_nulls_numpy_scalars_and_rebuilt_strings_round_trip() -> None:
+    reasons = ["alpha", "beta", "gamma"]
+
+    def on_bar(bus: TracedEventBus, i: int) -> None:
+        # strings built anew each time (equal, not identical), None for a string and a float, numpy scalars
+        reason = "".join(reasons[i % 3])
+        bus.publish(EventType.RISK_BREACH, "risk", ("stop", None, f"{'cut'}", np.float64(i), np.int64(i),
+                                                    None if i % 2 else 1.5, reason))
+
+    tables, _, _ = recorded_run(20, on_bar, chunk=6)
+    rb = tables[EventType.RISK_BREACH]
+    assert rb["detail"].to_pylist() == [reasons[i % 3] for i in range(20)]
+    assert rb["symbol"].null_count == 20
+    assert rb["action"].to_pylist() == ["cut"] * 20
+    assert rb["value"].to_pylist() == [float(i) for i in range(20)]
+    assert rb["limit"].to_pylist() == [float(i) for i in range(20)]
+    assert rb["exit_price"].to_pylist() == [None if i % 2 else 1.5 for i in range(20)]
+    assert rb["source_container"].to_pylist() == ["risk"] * 20
+
+
+def test_event_is_read_only_and_built_from_python() -> None:
+    ev = Event(EventType.FILL, 5, ~3, "execution", ("S",), 3)
+    assert (ev.type, ev.seq, ev.cause, ev.source, ev.payload, ev.row, ev.links) == (4, 5, -4, "execution", ("S",), 3,
+                                                                                    None)
+    with pytest.raises(AttributeError):
+        ev.seq = 6  # type: ignore[misc]
+    assert "FILL" in repr(ev)
+
+
+def test_handler_error_leaves_the_failing_event_current_and_the_queue_for_settle() -> None:
+    bus = TracedEventBus("run")
+
+    def bad(ev: Event) -> None:
+        raise RuntimeError("boom")
+
+    bus.subscribe(EventType.SIGNAL, bad)
+    bus.run_bars(0, 0)
+    sig = bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, ""))
+    bus.publish(EventType.SIGNAL, "strategy", ("S", 0, 1.0, ""))
+    with pytest.raises(RuntimeError, match="boom"):
+        bus.drain()
+    assert bus.current is sig and bus._queued == 2
+    bus.settle()
+    assert bus.current is None and bus._queued == 0
+    assert bus.counts == {"SIGNAL": 2}
