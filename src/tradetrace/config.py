@@ -114,7 +114,7 @@ class ClassifierConfig(_Strict):
 class TracingConfig(_Strict):
     enabled: bool = True
     bar_clock_every: int = Field(64, ge=1, description="measure BAR clocks on every k-th bar (non-BAR events: all)")
-    chunk_bars: int = Field(16_384, ge=1, description="bars per recorder batch (smaller: finer pipelining)")
+    chunk_bars: int = Field(65_536, ge=1, description="bars per recorder batch (the last batches of a run are smaller)")
 
 
 class SamplingConfig(_Strict):

@@ -73,14 +73,30 @@ def load_data(cfg: RunConfig) -> MarketData:
                        {k: cfg.resolve(v) for k, v in d.aux.items()})
 
 
+def chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) of each chunk of bars: `chunk` rows, then halving over the last ones (down to chunk/16).
+
+    Why taper: a run ends only when its last events are durable, and the store's writer persists a batch
+    after the bars that made it have run. Small final batches leave little for the writer to do after
+    the last bar, while full-size batches elsewhere keep the per-batch costs low.
+    """
+    out = []
+    start = 0
+    floor = max(1, chunk // 16)
+    while start < n:
+        left = n - start
+        size = chunk if left > 2 * chunk else max(floor, (left + 1) // 2)
+        out.append((start, min(start + size, n)))
+        start += size
+    return out
+
+
 def _run_chunks(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionSimulator, md: MarketData,
                 cfg: RunConfig, run_id: str, progress: Progress | None) -> tuple[BaseException | None, str | None]:
     """Run every bar chunk by chunk, flushing each; on failure publish the ERROR and return it."""
     n = len(md)
-    chunk = cfg.tracing.chunk_bars
     try:
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
+        for start, stop in chunk_bounds(n, cfg.tracing.chunk_bars):
             bus.run_bars(start, stop)
             bus.flush(stop)
             gc.freeze()

@@ -17,9 +17,13 @@ Tracing cost (the hot path is written for speed):
   at flush. Its clocks are measured on every `bar_clock_every`-th bar (received/processed); the
   others carry null received/processed clocks. Their created/emitted clock is the time the feed
   emitted the chunk they belong to (they are emitted in bulk).
-- A non-BAR event is recorded columnar as it is published and dispatched (int64 buffers and two
-  lists, a clock read at publish and one at dispatch), so turning a chunk into Arrow tables later is
-  mostly vectorized numpy work rather than a walk over Python objects.
+- A non-BAR event is recorded columnar as it is published and dispatched: int64 buffers for its
+  row/type, cause, source and every payload field (strings as codes into a per-chunk dictionary), a
+  clock read at publish and one at dispatch. Nothing per event stays a Python object, so a chunk is
+  handed over as a few bytes objects and becomes Arrow tables with vectorized numpy work. A payload
+  that does not fit its type's schema is rejected at publish (TypeError naming type and field).
+- Clocks are the C core's ticks (the CPU's time-stamp counter on x86-64), mapped to monotonic and
+  then wall-clock nanoseconds at each flush from clock pairs read at run start and at the flush.
 
 Where the code is: publish, dispatch (drain), the bar loop and the recording are the C extension
 `_hotbus.c` (the per-event budget is well under 0.1 us; see its header). This class adds what is not

@@ -1,0 +1,23 @@
+"""How a run is cut into recorder batches: full chunks, then halving ones at the end."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tradetrace.engine.backtest import chunk_bounds
+
+
+@given(st.integers(0, 200_000), st.integers(1, 70_000))
+def test_chunks_cover_every_row_once_and_taper(n: int, chunk: int) -> None:
+    b = chunk_bounds(n, chunk)
+    assert [s for s, _ in b] == ([0] + [e for _, e in b[:-1]] if n else [])  # contiguous, in order
+    assert (b[-1][1] if b else 0) == n
+    assert all(0 < e - s <= chunk for s, e in b)
+    if n > 2 * chunk:  # the last batch is small: at most a sixteenth of a chunk (or what is left)
+        assert b[-1][1] - b[-1][0] <= max(1, chunk // 16)
+
+
+def test_reference_run_chunks() -> None:
+    b = chunk_bounds(1_000_000, 65_536)
+    assert b[0] == (0, 65_536) and b[-1] == (998_940, 1_000_000) and len(b) == 20
