@@ -12,10 +12,10 @@ memory; nothing is ever dropped.
 Where the writer runs (why): converting events and encoding Parquet is Python and C work that, in a
 thread, competes with the engine for the GIL; measured on the reference workload this made a
 persisted run about twice as slow as an untraced one. So by default the writer is a forked child
-process (`mode="process"`): it inherits the market data copy-on-write, receives each batch through a
-pipe (a columnar batch pickles in ~3 ms per 65k bars), and answers with acknowledgements. It dies
-with its parent (PR_SET_PDEATHSIG), so a SIGKILL of the run leaves exactly what a killed thread
-would: the durable segments. `mode="thread"` is the fallback where fork is unavailable or unsafe.
+process (`mode="process"`): it inherits the market data copy-on-write, receives each batch as an
+in-memory file (a batch is a few bytes columns: pickling and copying it is a memcpy), and answers with
+acknowledgements. It dies with its parent (PR_SET_PDEATHSIG), so a SIGKILL of the run leaves exactly
+what a killed thread would: the durable segments. `mode="thread"` is the fallback where fork is unavailable or unsafe.
 
 Ends: `end` flushes everything and marks the run completed or failed with its reason. SIGTERM during
 a run becomes a `Terminated` exception in the main thread (run_backtest records it as the failure);
@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import mmap
 import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -36,6 +38,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -332,7 +335,11 @@ class StoreRecorder:
             self._read_acks(block=True)
         if self._error is not None:
             return
-        self._send(("batch", batch))  # pickled by the connection: columnar, ~3 ms per 65k-bar chunk
+        try:
+            _hand_over(self._conn, batch, self._proc.pid)
+        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            self._error = self._error or RuntimeError(f"writer process exited: {exc}")
+            return
         self._inflight += 1
         self._undurable += n
         self.max_inflight = max(self.max_inflight, self._inflight)
@@ -491,76 +498,79 @@ def _die_with_parent() -> None:
 
 
 def _child_main(conn: Connection, w: SegmentWriter, segment_events: int, durability_s: float) -> None:
-    """The writer process: batches in, segments out, acknowledgements back.
+    """The writer process: batches in, segments out, acknowledgements back, on one thread.
 
-    A reader thread takes every message off the pipe at once (a pipe holds only 64 KiB: without it
-    the parent's send would wait for each segment to be written); the main thread writes. "taken" is
-    acknowledged when the writer starts on a batch, so the parent's `queue_batches` bounds memory here.
+    A batch arrives as an in-memory file (memfd) whose descriptor comes over the socket: the parent's
+    hand-over is a memcpy that never waits for this process, so no reader thread is needed here (one
+    used to thrash the GIL and the parent's core). "taken" is acknowledged when the writer starts on a
+    batch, so the parent's `queue_batches` bounds the memory of batches not yet taken.
     """
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # The reader must get the GIL promptly (each chunk read off the socket needs it), or the parent's
-    # send waits on the writer's conversion work: switch threads often in this process.
-    sys.setswitchinterval(0.0002)
-    inbox: deque[Any] = deque()
-    ready = threading.Condition()
-    send_lock = threading.Lock()
-
-    def reply(msg: tuple) -> None:
-        with send_lock:
-            conn.send(msg)
-
-    def read() -> None:
-        try:
-            while True:
-                msg = conn.recv()
-                with ready:
-                    inbox.append(msg)
-                    ready.notify()
-                if msg[0] == "end":
-                    return
-        except (EOFError, OSError):  # the parent is gone without ending the run
-            with ready:
-                inbox.append(("eof",))
-                ready.notify()
-
-    reader = threading.Thread(target=read, name="tradetrace-store-reader", daemon=True)
-    reader.start()
     try:
         while True:
-            with ready:
-                if not inbox:
-                    timeout = max(durability_s - (time.monotonic() - w.since), 0.0) if w.events else None
-                    ready.wait(timeout)
-                msg = inbox.popleft() if inbox else None
-            if msg is None:  # durability_ms passed with events buffered
-                reply(("durable", w.write_segment()))
-                continue
-            kind = msg[0]
-            if kind == "batch":
-                reply(("taken",))
-                w.add(msg[1])
-                with ready:
-                    idle = not inbox
+            timeout = max(durability_s - (time.monotonic() - w.since), 0.0) if w.events else None
+            try:
+                if not conn.poll(timeout):  # durability_ms passed with events buffered
+                    conn.send(("durable", w.write_segment()))
+                    continue
+                msg = conn.recv()
+                kind = msg[0]
+                batch = _receive_batch(conn, msg) if kind == "batch" else None
+            except (EOFError, ConnectionResetError):  # the parent is gone without ending the run:
+                return  # the durable segments stay as they are, the run reads as incomplete
+            if batch is not None:
+                conn.send(("taken",))
+                w.add(batch)
+                idle = not conn.poll(0)
                 if w.events >= segment_events or (idle and w.events >= segment_events // _IDLE_FRACTION):
-                    reply(("durable", w.write_segment()))
+                    conn.send(("durable", w.write_segment()))
             elif kind == "flush":
-                reply(("durable", w.write_segment()))
+                conn.send(("durable", w.write_segment()))
             elif kind == "end":
                 w.finish(msg[1])
-                reply(("done",))
-                return
-            elif kind == "eof":  # leave the durable segments as they are: the run is incomplete
+                conn.send(("done",))
                 return
     except BaseException as exc:  # noqa: BLE001 - the parent is told and the run marked failed
         _mark_failed(w, exc)
         try:
-            reply(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
         except OSError as exc2:
             print(f"tradetrace: writer could not report {exc!r}: {exc2}", file=sys.stderr)
     finally:
         conn.close()
+
+
+_MEMFD = hasattr(os, "memfd_create")
+
+
+def _hand_over(conn: Connection, batch: EventBatch, pid: int) -> None:
+    """Parent side: the pickled batch into a memfd, its descriptor to the writer (inline where no memfd)."""
+    if not _MEMFD:
+        conn.send(("batch", batch))
+        return
+    fd = os.memfd_create("tradetrace-batch", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", buffering=0, closefd=False) as f:
+            pickle.dump(batch, f, protocol=pickle.HIGHEST_PROTOCOL)  # big bytes columns go straight to the file
+            size = f.tell()
+        conn.send(("batch", size))
+        send_handle(conn, fd, pid)
+    finally:
+        os.close(fd)  # the writer holds its own descriptor now
+
+
+def _receive_batch(conn: Connection, msg: tuple) -> EventBatch:
+    """Writer side of `_hand_over`."""
+    if not isinstance(msg[1], int):
+        return msg[1]
+    fd = recv_handle(conn)
+    try:
+        with mmap.mmap(fd, msg[1], prot=mmap.PROT_READ) as m:
+            return pickle.loads(m)
+    finally:
+        os.close(fd)
 
 
 def _defer_codes() -> frozenset:
@@ -570,7 +580,7 @@ def _defer_codes() -> frozenset:
                       StoreRecorder.append.__code__, StoreRecorder.end.__code__,
                       StoreRecorder._append_process.__code__, StoreRecorder._append_thread.__code__,
                       StoreRecorder._end_process.__code__, StoreRecorder._read_acks.__code__,
-                      StoreRecorder._send.__code__})
+                      StoreRecorder._send.__code__, _hand_over.__code__})
 
 
 _DEFER_CODES = _defer_codes()
