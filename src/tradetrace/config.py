@@ -132,7 +132,7 @@ class StoreConfig(_Strict):
     enabled: bool = Field(True, description="persist traced events (tracing must be on)")
     path: str | None = None
     compression: Literal["zstd", "snappy"] = "zstd"
-    durability_events: int = Field(262_144, ge=1, description="flush a segment at least every N events")
+    durability_events: int = Field(524_288, ge=1, description="flush a segment at least every N events")
     durability_ms: int = Field(1_000, ge=1, description="... and at least every N milliseconds")
     queue_batches: int = Field(8, ge=1, description="bounded queue between bus and writer (batches)")
     writer: Literal["auto", "process", "thread"] = Field(

@@ -209,9 +209,27 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
             gc.enable()
     elapsed = time.perf_counter() - started
     counts = bus.counts
-    if recorder is not None and traced:
-        recorder.end(RunTotals(status, error, end.seq + 1, counts))
+    if recorder is not None and traced:  # the store writes its last segment while the metrics are computed
+        recorder.end(RunTotals(status, error, end.seq + 1, counts), wait=False)
+    try:
+        result = _result(cfg, md, portfolio, run_id, status, info, params, end.seq + 1, counts, elapsed, rows_done,
+                         error, sweep_id, recorder if traced else None)
+    finally:
+        if recorder is not None and traced:
+            recorder.wait()
+    if cfg.database.enabled and record_db:
+        record_run(cfg, result)
+    if failure is not None:
+        if isinstance(failure, KeyboardInterrupt | SystemExit):
+            raise failure
+        raise RunFailed(f"run {run_id} failed: {error}", result) from failure
+    return result
 
+
+def _result(cfg: RunConfig, md: MarketData, portfolio: Portfolio, run_id: str, status: str, info: RunInfo,
+            params: dict[str, Any], event_count: int, counts: dict[str, int], elapsed: float, rows_done: int,
+            error: str | None, sweep_id: str | None, recorder: Recorder | None) -> BacktestResult:
+    """Metrics and the result object of a finished run."""
     times, equity, gross = portfolio.equity_curve()
     ppy = cfg.metrics.periods_per_year or md.periods_per_year()
     metrics = compute_metrics(equity, gross, cfg.portfolio.initial_cash, portfolio.closed.column("pnl"),
@@ -220,23 +238,16 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
     metrics["total_slippage"] = portfolio.slippage_paid
     if portfolio.closed:
         metrics["avg_bars_held"] = float(np.mean(portfolio.closed.column("bars_held")))
-    result = BacktestResult(
+    return BacktestResult(
         run_id=run_id, name=cfg.name, status=status, strategy=info.strategy, params=params, metrics=metrics,
         final_equity=float(equity[-1]) if len(equity) else cfg.portfolio.initial_cash,
         initial_cash=cfg.portfolio.initial_cash,
         equity=pd.Series(equity, index=pd.DatetimeIndex(times.view("datetime64[ns]")).tz_localize("UTC"),
                          name="equity", copy=False),
         trade_log=portfolio.closed, open_positions=portfolio.open_positions(),
-        event_count=end.seq + 1, counts=counts, elapsed_s=elapsed, bars=rows_done, error=error,
-        sweep_id=sweep_id, recorder=recorder if traced else None,
+        event_count=event_count, counts=counts, elapsed_s=elapsed, bars=rows_done, error=error,
+        sweep_id=sweep_id, recorder=recorder,
     )
-    if cfg.database.enabled and record_db:
-        record_run(cfg, result)
-    if failure is not None:
-        if isinstance(failure, KeyboardInterrupt | SystemExit):
-            raise failure
-        raise RunFailed(f"run {run_id} failed: {error}", result) from failure
-    return result
 
 
 def _end_of_data(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionSimulator, md: MarketData,

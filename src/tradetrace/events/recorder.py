@@ -71,7 +71,13 @@ class Recorder(Protocol):
 
     def append(self, batch: EventBatch) -> None: ...
 
-    def end(self, totals: RunTotals) -> None: ...
+    def end(self, totals: RunTotals, wait: bool = True) -> None:
+        """The run is over. `wait=False` may return before everything is stored: call `wait()` later."""
+        ...
+
+    def wait(self) -> None:
+        """Block until everything handed over is stored and the run is marked (after `end`)."""
+        ...
 
 
 _N_TYPES = 16  # rt packs the type in 4 bits
@@ -384,8 +390,11 @@ class MemoryRecorder:
         self._batches.append(batch)
         self._tables = None
 
-    def end(self, totals: RunTotals) -> None:
+    def end(self, totals: RunTotals, wait: bool = True) -> None:
         self.totals = totals
+
+    def wait(self) -> None:
+        """Nothing to wait for: the events are in memory."""
 
     def tables(self) -> dict[EventType, pa.Table]:
         """Per-type tables of the whole run, each sorted by seq."""

@@ -45,7 +45,7 @@ class EventStore:
         return f"EventStore({str(self.root)!r})"
 
     # -- writing ---------------------------------------------------------------------------------
-    def recorder(self, durability_events: int = 262_144, durability_ms: int = 1_000, queue_batches: int = 8,
+    def recorder(self, durability_events: int = 524_288, durability_ms: int = 1_000, queue_batches: int = 8,
                  sampling: Sampling | None = None, compression: str | None = None,
                  compact_on_end: bool = False, mode: str | None = None) -> StoreRecorder:
         """A recorder for one run (pass it to run_backtest, or let `recorder_for` build it from config).

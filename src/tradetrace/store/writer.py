@@ -182,7 +182,7 @@ def fork_available() -> bool:
 class StoreRecorder:
     """Recorder protocol implementation writing one run into an event store (see module docstring)."""
 
-    def __init__(self, root: Path, *, compression: str = "zstd", durability_events: int = 262_144,
+    def __init__(self, root: Path, *, compression: str = "zstd", durability_events: int = 524_288,
                  durability_ms: int = 1_000, queue_batches: int = 8, sampling: Sampling | None = None,
                  compact_on_end: bool = False, mode: str | None = None) -> None:
         if compression not in ("zstd", "snappy"):
@@ -214,6 +214,7 @@ class StoreRecorder:
         self._prev_handler: Any = None
         self._pending_signal: int | None = None
         self._ended = False
+        self._waited = False
         # observable backpressure (tests, diagnostics): how often the producer waited, the most in flight
         self.producer_waits = 0
         self.max_inflight = 0
@@ -282,20 +283,36 @@ class StoreRecorder:
             signum, self._pending_signal = self._pending_signal, None
             raise Terminated(signum)
 
-    def end(self, totals: RunTotals) -> None:
-        """Flush everything, mark the run completed/failed with its reason, wait until durable."""
+    def end(self, totals: RunTotals, wait: bool = True) -> None:
+        """Flush everything and mark the run completed/failed with its reason; with `wait`, until durable.
+
+        `wait=False` only tells the writer: the caller does other work (metrics) while the last segment
+        is written, then calls `wait()`, which raises what `end` would have.
+        """
         if self._ended:
+            if wait:
+                self.wait()
             return
         self._ended = True
         self.totals = totals
         if self.mode == "process":
-            self._end_process(totals)
+            self._send(("end", totals))
         else:
             with self._cond:
                 self._queue.append(_END)
                 self._cond.notify_all()
-            if self._thread is not None:
-                self._thread.join()
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the run ended by `end` is durable and marked; raise the writer's error if any."""
+        if not self._ended or self._waited:
+            return
+        if self.mode == "process":
+            self._wait_process()
+        elif self._thread is not None:
+            self._thread.join()
+        self._waited = True
         _OPEN.discard(self)
         self._restore_signals()
         self._raise_error()
@@ -373,8 +390,7 @@ class StoreRecorder:
                 self._done = True
             block = False  # after one message, only drain what is already there
 
-    def _end_process(self, totals: RunTotals) -> None:
-        self._send(("end", totals))
+    def _wait_process(self) -> None:
         while self._error is None and not self._done:
             self._read_acks(block=True)
         if self._proc is not None:
@@ -463,7 +479,10 @@ class StoreRecorder:
 
     def close_at_exit(self) -> None:
         """Interpreter exit with the run still open: flush what was handed over, mark it failed."""
-        if self._ended or self.info is None:
+        if self.info is None:
+            return
+        if self._ended:  # ended without waiting: let the last segment land
+            self.wait()
             return
         self.end(RunTotals("failed", "interpreter exited before the run ended", self._received,
                            dict(self._received_counts)))
@@ -577,9 +596,9 @@ def _defer_codes() -> frozenset:
     from tradetrace.events.bus import TracedEventBus
 
     return frozenset({TracedEventBus.flush.__code__, TracedEventBus.take_batch.__code__,
-                      StoreRecorder.append.__code__, StoreRecorder.end.__code__,
+                      StoreRecorder.append.__code__, StoreRecorder.end.__code__, StoreRecorder.wait.__code__,
                       StoreRecorder._append_process.__code__, StoreRecorder._append_thread.__code__,
-                      StoreRecorder._end_process.__code__, StoreRecorder._read_acks.__code__,
+                      StoreRecorder._wait_process.__code__, StoreRecorder._read_acks.__code__,
                       StoreRecorder._send.__code__, _hand_over.__code__})
 
 
