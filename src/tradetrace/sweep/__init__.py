@@ -2,6 +2,6 @@
 
 `grid.py` expands and validates a grid; `runner.py` skips finished combinations (run hash), runs the
 rest on an executor and records every run; `executors.py` holds the local process pool (fork, market
-data inherited) and Ray (`ray.put` once). DuckDB is written by the coordinator only; PostgreSQL by
-the workers themselves (see runner.py).
+data inherited) and Ray (`ray.put` once). DuckDB is written by the coordinator only, from a thread
+while runs go on (`rowwriter.py`); PostgreSQL by the workers themselves (see runner.py).
 """

@@ -7,7 +7,8 @@ an interrupted sweep resumes where it stopped (failed runs are retried).
 
 Who writes the database (DuckDB allows one writing process per file):
 - DuckDB: workers run with `record_db=False` and return their rows; the coordinator (this process,
-  the only one that opens the file) loads them in batches (`BATCH_RUNS` runs or `BATCH_SECONDS`).
+  the only one that opens the file) loads them from a background thread while runs go on
+  (`rowwriter.py`), so little is left to write once the last run ends.
 - PostgreSQL: every worker writes its own runs as they finish, one transaction per run (COPY), so a
   sweep over many machines needs no funnel; the coordinator only counts.
 """
@@ -21,16 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tradetrace.analytics import etl, schema
+from tradetrace.analytics import schema
 from tradetrace.analytics.db import Database, connect, is_postgres
 from tradetrace.config import RunConfig
 from tradetrace.engine.backtest import load_data
 from tradetrace.paths import database_url, events_dir
 from tradetrace.sweep.executors import RunTask, TaskOutcome, make_executor
 from tradetrace.sweep.grid import Grid, expand, load_grid, parse_grid
+from tradetrace.sweep.rowwriter import RowWriter
 
-BATCH_RUNS = 64
-BATCH_SECONDS = 2.0
 SWEEP_NAMESPACE = uuid.UUID("6f1d7f0e-4a53-4a51-9a5e-7d1c1c0a7e11")
 
 OnOutcome = Callable[[TaskOutcome], None]
@@ -89,36 +89,6 @@ def completed_hashes(db: Database, hashes: list[str]) -> set[str]:
     return done
 
 
-class _Batcher:
-    """Coordinator-side writer for DuckDB: buffers rows, loads them every N runs or T seconds."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.buf: list[etl.RunRecords] = []
-        self.last = time.monotonic()
-        self.db: Database | None = None
-
-    def add(self, rec: etl.RunRecords) -> None:
-        self.buf.append(rec)
-        if len(self.buf) >= BATCH_RUNS or time.monotonic() - self.last >= BATCH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buf:
-            if self.db is None:
-                self.db = connect(self.url)
-            etl.write_runs(self.db, self.buf)
-            self.buf = []
-        self.last = time.monotonic()
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            if self.db is not None:
-                self.db.close()
-
-
 def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None = None, executor: str = "process",
               ray_address: str | None = None, db_url: str | None = None, resume: bool = True,
               on_start: Callable[[int], None] | None = None, on_outcome: OnOutcome | None = None) -> SweepSummary:
@@ -159,7 +129,7 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
     tasks = [RunTask(str(uuid.uuid4()), sid, c.run_hash, c.values, _portable(c.config), url if direct else None)
              for c in todo]
     market = load_data(todo[0].config)  # data is the same for every combination (it is not a grid key)
-    batcher = None if direct else _Batcher(url)
+    writer = None if direct else RowWriter(url)
     started = time.perf_counter()
     try:
         for out in ex.run(tasks, market):
@@ -169,13 +139,13 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
                 summary.failed += 1
                 if len(summary.errors) < 5:
                     summary.errors.append(f"{out.correlation_id}: {out.error}")
-            if batcher is not None and out.records is not None:
-                batcher.add(out.records)
+            if writer is not None and out.records is not None:
+                writer.add(out.records)
             if on_outcome is not None:
                 on_outcome(out)
     finally:
-        if batcher is not None:
-            batcher.close()
+        if writer is not None:
+            writer.close()
         summary.elapsed_s = time.perf_counter() - started
         with connect(url) as db:
             schema.refresh_summary(db)

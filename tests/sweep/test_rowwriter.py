@@ -1,0 +1,45 @@
+"""The coordinator's background row writer for DuckDB sweeps: every queued run is written by close();
+a failing database surfaces as an error on the main thread instead of hanging or vanishing."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tradetrace.analytics import etl
+from tradetrace.analytics.db import DatabaseError, connect
+from tradetrace.sweep.rowwriter import RowWriter
+
+
+def records(n: int) -> list[etl.RunRecords]:
+    return [etl.failed_run(str(uuid.uuid4()), strategy="probe", params={"k": k}, error="planted")
+            for k in range(n)]
+
+
+def test_every_queued_run_is_written_by_close(tmp_path: Path) -> None:
+    url = str(tmp_path / "rows.duckdb")
+    recs = records(150)  # more than one batch
+    writer = RowWriter(url)
+    for rec in recs:
+        writer.add(rec)
+    writer.close()
+    with connect(url, read_only=True) as db:
+        _, rows = db.query("SELECT correlation_id::VARCHAR FROM optimization_runs")
+    assert sorted(r[0] for r in rows) == sorted(r.correlation_id for r in recs)
+
+
+def test_close_without_rows_opens_nothing(tmp_path: Path) -> None:
+    url = tmp_path / "never.duckdb"
+    RowWriter(str(url)).close()
+    assert not url.exists()
+
+
+def test_a_database_that_cannot_be_opened_raises_on_the_main_thread(tmp_path: Path) -> None:
+    not_a_db = tmp_path / "file.duckdb"
+    not_a_db.write_text("this is not a DuckDB file")
+    writer = RowWriter(str(not_a_db))
+    writer.add(records(1)[0])
+    with pytest.raises(DatabaseError, match="cannot open DuckDB file"):
+        writer.close()
