@@ -39,12 +39,23 @@ def ema(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+#: Bytes of window temporaries rolling_std may hold at once (std over a window view makes n-wide copies).
+_STD_BLOCK_BYTES = 2 << 20
+
+
 def rolling_std(x: np.ndarray, n: int) -> np.ndarray:
-    """Population standard deviation over the last n values."""
+    """Population standard deviation over the last n values.
+
+    Computed in blocks of rows: `std` over the whole window view at once builds len(x) * n temporaries
+    (625 MB for a 200k-bar series and n = 390). Each row's value is computed the same way either way.
+    """
     _check(n)
     out = np.full(len(x), np.nan)
     if len(x) >= n:
-        out[n - 1:] = sliding_window_view(x, n).std(axis=1)
+        win = sliding_window_view(x, n)
+        step = max(1, _STD_BLOCK_BYTES // (8 * n))
+        for a in range(0, len(win), step):
+            out[n - 1 + a: n - 1 + a + step] = win[a: a + step].std(axis=1)
     return out
 
 
