@@ -101,3 +101,33 @@ def test_unknown_readings_keep_the_last_label() -> None:
     reading, regime = hysteresis_labels(v, np.full(4, 10.0), np.full(4, 20.0), 0.0, 1)
     assert reading.tolist() == [-1, 0, 0, 2]
     assert regime.tolist() == [-1, 0, 0, 2]
+
+
+def test_labels_are_computed_once_per_data_and_settings() -> None:
+    """Runs on one data set share the labels (sweeps); other settings or other data compute their own."""
+    import gc
+
+    from tradetrace.config import ClassifierConfig
+    from tradetrace.engine import classifiers as cl
+
+    md, _ = synthetic.generate(8_000, seed=3, freq="1min")
+    vol = ClassifierConfig(type="volatility", window=30, lookback=300)
+    first = cl._labels(vol, md)
+    assert cl._labels(ClassifierConfig(type="volatility", window=30, lookback=300, name="other"), md) is first
+    assert not first[0].flags.writeable
+    trend = cl._labels(ClassifierConfig(type="trend", window=30), md)
+    assert trend is not first and not np.array_equal(trend[2], first[2], equal_nan=True)
+    cfg = {"data": {"synthetic": {"bars": 8_000, "seed": 3}}, "classifiers": [vol.model_dump()],
+           "strategy": {"type": "sma_crossover", "params": {"fast": 5, "slow": 20}},
+           "store": {"enabled": False}, "database": {"enabled": False}}
+    a, b = run_backtest(cfg, market=md), run_backtest(cfg, market=md)
+    fresh = run_backtest(cfg)  # its own data: computed again, same values
+    for r in (b, fresh):
+        assert r.events(types=["CLASSIFICATION", "REGIME_CHANGE"]).drop_columns(
+            ["correlation_id", "created_at", "emitted_at", "received_at", "processed_at"]).equals(
+            a.events(types=["CLASSIFICATION", "REGIME_CHANGE"]).drop_columns(
+                ["correlation_id", "created_at", "emitted_at", "received_at", "processed_at"]))
+    key = id(md)
+    del md, a, b, first
+    gc.collect()
+    assert key not in cl._LABELS_CACHE

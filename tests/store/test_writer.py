@@ -150,3 +150,31 @@ def test_concurrent_processes_write_different_runs(store: EventStore) -> None:
         assert tab.num_rows == n
         assert set(tab.column("correlation_id").to_pylist()) == {run_id}
         assert store.verify(run_id)[0]["ok"]
+
+
+def _same_tables(a: dict, b: dict) -> None:
+    import numpy as np
+
+    assert sorted(a) == sorted(b)
+    for t in b:
+        assert a[t].schema.equals(b[t].schema), t
+        for name in b[t].column_names:  # NaN-aware: ORDER prices of market orders are NaN
+            np.testing.assert_array_equal(a[t].column(name).to_numpy(zero_copy_only=False),
+                                          b[t].column(name).to_numpy(zero_copy_only=False), err_msg=f"{t} {name}")
+
+
+def test_thread_writer_keeps_a_small_run_equal_to_its_files(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep worker's run is read from memory after it is durable: the same tables the store reads back."""
+    from tradetrace.store import writer
+    from tradetrace.store.reader import RunReader
+
+    cfg = run_config(bars=20_000, writer="thread")
+    cfg["classifiers"] = [{"type": "volatility", "window": 30, "lookback": 300}]
+    res = tt.run_backtest(cfg)
+    rec = res.recorder
+    assert rec._writer.kept is not None
+    _same_tables(rec.tables(), RunReader(rec.root, rec.run_id).tables())
+    monkeypatch.setattr(writer, "KEEP_EVENTS", 5_000)  # a run too big to keep: read back from the files
+    big = tt.run_backtest(run_config(bars=20_000, writer="thread")).recorder
+    assert big._writer.kept is None
+    _same_tables(big.tables(), RunReader(big.root, big.run_id).tables())

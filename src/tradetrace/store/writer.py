@@ -73,8 +73,12 @@ class SegmentWriter:
     """Batches of one run -> durable segments + journal + final manifest. Runs in the writer (thread or child)."""
 
     def __init__(self, root: Path, run_id: str, date: str, compression: str, market: MarketData,
-                 sampling: Sampling | None) -> None:
+                 sampling: Sampling | None, keep_events: int = 0) -> None:
         self.root = root
+        # Tables of a small run kept after writing (thread mode): the run's own process reads them back
+        # (analytics rows, result.events()) without decoding the files it just wrote.
+        self.kept: dict[EventType, list[pa.Table]] | None = {} if keep_events > 0 else None
+        self.keep_events = keep_events
         self.run_id = run_id
         self.date = date
         self.compression = compression
@@ -99,6 +103,12 @@ class SegmentWriter:
             tables = sample(tables, self.sampling)
         for t, tab in tables.items():
             self.pending.setdefault(t, []).append(tab)
+        if self.kept is not None:
+            if self.stored + self.events + len(batch) > self.keep_events:
+                self.kept = None  # too big to hold: readers read the files
+            else:
+                for t, tab in tables.items():
+                    self.kept.setdefault(t, []).append(tab)
         if not self.events:
             self.since = time.monotonic()
             self.lo = batch.bars.row_start + batch.nonbar_before
@@ -160,6 +170,10 @@ class SegmentWriter:
                   "durable_seq_hi": self.durable_hi, "ended_wall_ns": time.time_ns()})
         layout.write_json(mpath, m)
 
+
+#: Events of a run a writer thread keeps in memory after writing them (see SegmentWriter.kept): a sweep's
+#: runs are read back for their analytics rows; ~200 B per event.
+KEEP_EVENTS = 500_000
 
 #: A writer with nothing waiting writes a segment once it holds this fraction of a full one. Keeping up, it
 #: writes smaller segments, so little is left to write when the run ends (the run's end waits for it);
@@ -247,8 +261,9 @@ class StoreRecorder:
             "compression": self.compression, "sampling": None if self.sampling is None else {
                 "context": self.sampling.context, "base_rate": self.sampling.base_rate, "seed": self.sampling.seed},
         })
-        writer = SegmentWriter(self.root, self.run_id, self.date, self.compression, market, self.sampling)
         self.mode = self.requested_mode or ("process" if fork_available() else "thread")
+        writer = SegmentWriter(self.root, self.run_id, self.date, self.compression, market, self.sampling,
+                               keep_events=KEEP_EVENTS if self.mode == "thread" else 0)
         if self.mode == "process":
             ctx = multiprocessing.get_context("fork")
             parent, child = ctx.Pipe(duplex=True)
@@ -326,7 +341,11 @@ class StoreRecorder:
 
     # -- reading back (BacktestResult) -------------------------------------------------------------
     def tables(self) -> dict[EventType, pa.Table]:
-        """Per-type tables of the run, read back from the store, sorted by seq."""
+        """Per-type tables of the run as stored, sorted by seq: kept in memory for a small run written by a
+        thread (after it is durable), else read back from the store."""
+        w = self._writer
+        if self._waited and w is not None and w.kept is not None and self._error is None:
+            return {t: pa.concat_tables(parts) if len(parts) > 1 else parts[0] for t, parts in sorted(w.kept.items())}
         from tradetrace.store.reader import RunReader
 
         return RunReader(self.root, self.run_id).tables()
