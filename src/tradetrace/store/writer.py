@@ -4,7 +4,8 @@ Flow: `append` hands a batch to the writer and returns; the writer converts batc
 tables, buffers them, and writes a *segment* (one file per event type, each written to a temporary
 name, fsynced, renamed, directory fsynced) once half the durability window (`durability_events / 2`,
 so that writing runs ahead of the window) or `durability_ms` milliseconds of events are pending; the
-segment counts only when its line in the run's journal is fsynced.
+segment counts only when its line in the run's journal is fsynced. A writer with nothing waiting
+writes smaller segments (a quarter of that) so that little is left when the run ends.
 Backpressure: `append` blocks while `queue_batches` batches are in flight or while the events not
 yet durable would exceed the durability window, so a slow disk slows the producer and bounds
 memory; nothing is ever dropped.
@@ -15,9 +16,12 @@ persisted run about twice as slow as an untraced one. So by default the writer i
 process (`mode="process"`): it inherits the market data copy-on-write, receives each batch as an
 in-memory file (a batch is a few bytes columns: pickling and copying it is a memcpy), and answers with
 acknowledgements. It dies with its parent (PR_SET_PDEATHSIG), so a SIGKILL of the run leaves exactly
-what a killed thread would: the durable segments. `mode="thread"` is the fallback where fork is unavailable or unsafe.
+what a killed thread would: the durable segments. `mode="thread"` is the fallback where fork is
+unavailable or unsafe, and what sweep workers use (their cores are taken by other runs); a thread keeps
+a small run's tables after writing them, so the run's analytics rows need not read its files back.
 
-Ends: `end` flushes everything and marks the run completed or failed with its reason. SIGTERM during
+Ends: `end` flushes everything and marks the run completed or failed with its reason; `end(wait=False)`
+then `wait()` lets the caller compute metrics while the last segment is written. SIGTERM during
 a run becomes a `Terminated` exception in the main thread (run_backtest records it as the failure);
 an interpreter exit with a run still open flushes it and marks it failed. After SIGKILL the journal
 still lists every durable segment: the store reports the run incomplete and the lost seq range.
