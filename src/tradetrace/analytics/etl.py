@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from tradetrace.analytics.db import Database
 from tradetrace.analytics.metrics import compute_metrics
+from tradetrace.events.recorder import const_str
 from tradetrace.events.types import COMMON_FIELDS, PAYLOAD_FIELDS, EventType
 
 NS_PER_DAY = 86_400_000_000_000
@@ -409,7 +410,7 @@ def _trades(cid: str, closes: pa.Table | None, opens: pa.Table | None, orders: p
         nf >= 0, fill_slip[nf] * np.minimum(qty / np.where(nf >= 0, fill_qty[nf], 1.0), 1.0), 0.0)
     side = closes.column("side").to_pylist()
     cols = {
-        "correlation_id": pa.repeat(cid, n), "close_seq": pa.array(c_seq),
+        "correlation_id": const_str(cid, n), "close_seq": pa.array(c_seq),
         "trade_id": closes.column("trade_id"), "symbol": closes.column("symbol"),
         "direction": pa.array(["long" if x > 0 else "short" for x in side]), "quantity": closes.column("quantity"),
         "entry_time": pa.array(np.where(nf >= 0, fill_ts[nf], 0)).cast(_TS),

@@ -793,7 +793,8 @@ PyMODINIT_FUNC PyInit__hotbus(void) {
         return NULL;
     if (PyModule_AddObjectRef(m, "EventBase", (PyObject *)&EventType_) < 0 ||
         PyModule_AddObjectRef(m, "BusCore", (PyObject *)&BusType) < 0 ||
-        PyModule_AddIntConstant(m, "NTYPES", NTYPES) < 0 || PyModule_AddIntConstant(m, "TICKS_ARE_NS", TICKS_ARE_NS) < 0) {
+        PyModule_AddIntConstant(m, "NTYPES", NTYPES) < 0 || PyModule_AddIntConstant(m, "TICKS_ARE_NS", TICKS_ARE_NS) < 0 ||
+        PyModule_AddObject(m, "NULL_FLOAT_BITS", PyLong_FromLongLong(NULL_FLOAT_BITS)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

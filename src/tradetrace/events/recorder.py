@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from tradetrace.events._hotbus import NTYPES, NULL_FLOAT_BITS  # rt packs the type in 4 bits; null float bits
 from tradetrace.events.event import NO_CAUSE
 from tradetrace.events.types import (
     PAYLOAD_FIELDS,
@@ -80,9 +81,6 @@ class Recorder(Protocol):
         ...
 
 
-_N_TYPES = 16  # rt packs the type in 4 bits
-
-
 _TS = pa.timestamp("ns", tz="UTC")
 
 
@@ -129,7 +127,7 @@ class ChunkLog:
         self.cause = cause  # seq, ~row for a BAR, NO_CAUSE
         self.emitted = emitted  # monotonic ns at publish
         self.source = source  # codes into strings
-        self.payload: list[tuple[bytes, ...] | None] = payload if payload is not None else [None] * _N_TYPES
+        self.payload: list[tuple[bytes, ...] | None] = payload if payload is not None else [None] * NTYPES
         self.links: list[tuple[int, list[int]]] = links if links is not None else []  # (index in chunk, links)
         self.received = received  # monotonic ns at dispatch
         self.drain_ends = drain_ends  # flat (index of a drain's last event, monotonic ns)
@@ -137,10 +135,6 @@ class ChunkLog:
 
     def __len__(self) -> int:
         return len(self.rt) // 8
-
-
-#: Bit pattern of a null float payload field (a NaN no arithmetic produces).
-NULL_FLOAT_BITS = 0x7FF8DEAD0000BEEF
 
 
 def _payload_col(raw: bytes, typ: pa.DataType, strings: pa.Array) -> pa.Array:
@@ -155,8 +149,8 @@ def _payload_col(raw: bytes, typ: pa.DataType, strings: pa.Array) -> pa.Array:
     return strings.take(pa.array(v, mask=null if null.any() else None))
 
 
-assert len(EventType) <= _N_TYPES
-_TYPE_NAMES = [EventType(t).name if t < len(EventType) else "" for t in range(_N_TYPES)]
+assert len(EventType) <= NTYPES
+_TYPE_NAMES = [EventType(t).name if t < len(EventType) else "" for t in range(NTYPES)]
 
 
 class EventBatch:
@@ -201,7 +195,7 @@ class EventBatch:
         n_bars = self.bars.row_stop - self.bars.row_start
         if n_bars:
             out["BAR"] = n_bars
-        for t, c in enumerate(np.bincount(self._types, minlength=_N_TYPES).tolist()):
+        for t, c in enumerate(np.bincount(self._types, minlength=NTYPES).tolist()):
             if c:
                 out[_TYPE_NAMES[t]] = c
         return out

@@ -120,6 +120,10 @@ class SegmentWriter:
         for k, v in batch.counts().items():
             self.counts[k] = self.counts.get(k, 0) + v
 
+    def segment_due(self, segment_events: int, idle: bool) -> bool:
+        """A full segment is pending, or a quarter of one while nothing else waits (see _IDLE_FRACTION)."""
+        return self.events >= segment_events or (idle and self.events >= segment_events // _IDLE_FRACTION)
+
     def write_segment(self) -> int:
         """Make everything buffered durable; returns how many events that was."""
         if not self.events:
@@ -375,19 +379,21 @@ class StoreRecorder:
             self._read_acks(block=True)
         if self._error is not None:
             return
-        try:
-            _hand_over(self._conn, batch, self._proc.pid)
-        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
-            self._error = self._error or RuntimeError(f"writer process exited: {exc}")
+        self._send(batch)
+        if self._error is not None:
             return
         self._inflight += 1
         self._undurable += n
         self.max_inflight = max(self.max_inflight, self._inflight)
 
-    def _send(self, msg: tuple) -> None:
+    def _send(self, msg: tuple | EventBatch) -> None:
+        """A message to the writer process (a batch goes as a memfd); a dead writer becomes the run's error."""
         assert self._conn is not None
         try:
-            self._conn.send(msg)
+            if isinstance(msg, EventBatch):
+                _hand_over(self._conn, msg, self._proc.pid)
+            else:
+                self._conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
             self._error = self._error or RuntimeError(f"writer process exited: {exc}")
 
@@ -461,7 +467,7 @@ class StoreRecorder:
                 seg = _segment_events(self.durability_events)
                 with self._cond:
                     idle = not self._queue
-                due = (item is _END or self._waiting or w.events >= seg or (idle and w.events >= seg // _IDLE_FRACTION)
+                due = (item is _END or self._waiting or w.segment_due(seg, idle)
                        or (w.events and time.monotonic() - w.since >= self.durability_s))
                 if item is _END:
                     assert self.totals is not None
@@ -565,8 +571,7 @@ def _child_main(conn: Connection, w: SegmentWriter, segment_events: int, durabil
             if batch is not None:
                 conn.send(("taken",))
                 w.add(batch)
-                idle = not conn.poll(0)
-                if w.events >= segment_events or (idle and w.events >= segment_events // _IDLE_FRACTION):
+                if w.segment_due(segment_events, idle=not conn.poll(0)):
                     conn.send(("durable", w.write_segment()))
             elif kind == "flush":
                 conn.send(("durable", w.write_segment()))
