@@ -115,3 +115,20 @@ def test_flat_equity_gives_nan_ratios_not_errors() -> None:
     assert math.isnan(out["sharpe"]) and math.isnan(out["sortino"])
     assert out["max_drawdown"] == 0.0 and out["total_return"] == 0.0
     assert math.isnan(ep.sharpe_ratio(np.zeros(10)))
+
+
+def test_blockwise_metrics_equal_whole_array_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long runs are reduced block by block (bounded memory); the result must not depend on the blocks."""
+    rng = np.random.default_rng(3)
+    equity = 100_000.0 * np.cumprod(1 + rng.normal(0.0002, 0.01, 10_007))
+    gross = np.abs(rng.normal(0, 1, len(equity)))
+    whole = m.compute_metrics(equity, gross, 100_000.0, [1.0, -2.0], 252.0 * 390, 0.00001)
+    monkeypatch.setattr(m, "_BLOCK", 1000)
+    blocks = m.compute_metrics(equity, gross, 100_000.0, [1.0, -2.0], 252.0 * 390, 0.00001)
+    assert whole.keys() == blocks.keys()
+    for k in whole:
+        _same(blocks[k], whole[k], rel=1e-12)
+    r = m.returns_from_equity(equity, 100_000.0)  # blocks concatenated: the same returns
+    assert r[0] == equity[0] / 100_000.0 - 1 and np.array_equal(r[1:], equity[1:] / equity[:-1] - 1)
+    _same(blocks["sharpe"], ep.sharpe_ratio(r, risk_free=0.00001, annualization=252.0 * 390))
+    _same(blocks["max_drawdown"], ep.max_drawdown(r))

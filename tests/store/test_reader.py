@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pytest
 
 import tradetrace as tt
@@ -42,6 +43,11 @@ def test_load_events_filters_and_conveniences(store, two_runs) -> None:
     assert store.load_events_pl(run.run_id, types=["SIGNAL"]).height == run.counts["SIGNAL"]
     stored = store.load_events(run.run_id)
     assert stored.to_pandas().equals(run.events().select(stored.column_names).to_pandas())  # NaN-aware
+    # strings come back dictionary-encoded (a run id is one value, not a million copies), in both readers
+    for name in ("correlation_id", "event_type", "source_container", "symbol"):
+        assert stored.schema.field(name).type == pa.dictionary(pa.int32(), pa.string()), name
+    assert stored.column("correlation_id").combine_chunks().dictionary.to_pylist() == [run.run_id]
+    assert run.events().schema.equals(stored.schema)
 
 
 def test_trade_lineage_matches_the_engine_trades(store, two_runs) -> None:

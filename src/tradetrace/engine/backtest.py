@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tradetrace.analytics.metrics import compute_metrics
 from tradetrace.analytics.sink import record_run
@@ -209,6 +208,8 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
             gc.enable()
     elapsed = time.perf_counter() - started
     counts = bus.counts
+    bus.unsubscribe_all()  # nothing runs any more: the strategy's arrays go before the metrics are built
+    del strat
     if recorder is not None and traced:  # the store writes its last segment while the metrics are computed
         recorder.end(RunTotals(status, error, end.seq + 1, counts), wait=False)
     try:
@@ -242,8 +243,7 @@ def _result(cfg: RunConfig, md: MarketData, portfolio: Portfolio, run_id: str, s
         run_id=run_id, name=cfg.name, status=status, strategy=info.strategy, params=params, metrics=metrics,
         final_equity=float(equity[-1]) if len(equity) else cfg.portfolio.initial_cash,
         initial_cash=cfg.portfolio.initial_cash,
-        equity=pd.Series(equity, index=pd.DatetimeIndex(times.view("datetime64[ns]")).tz_localize("UTC"),
-                         name="equity", copy=False),
+        equity_curve=(times, equity),
         trade_log=portfolio.closed, open_positions=portfolio.open_positions(),
         event_count=event_count, counts=counts, elapsed_s=elapsed, bars=rows_done, error=error,
         sweep_id=sweep_id, recorder=recorder,

@@ -84,14 +84,27 @@ class MarketData:
         t = self.ts if len(self.symbols) == 1 else self.ts[self.rows_of(0)]  # no copy for one symbol
         if len(t) < 2:
             return 252.0
-        day = t // NS_PER_DAY  # sorted: distinct days are where it changes (no full sort, long runs)
-        days = day[np.concatenate([[0], np.flatnonzero(np.diff(day)) + 1])]
-        del day
+        days = _distinct_sorted(t, NS_PER_DAY)
         bars_per_day = len(t) / len(days)
         # Trading days per year: 252 for data that skips weekends, 365 for 24/7 data.
         weekdays = ((days + 3) % 7) < 5  # 1970-01-01 was a Thursday
         per_year = 252.0 if weekdays.all() else 365.0
         return bars_per_day * per_year
+
+
+def _distinct_sorted(t: np.ndarray, unit: int, block: int = 1 << 20) -> np.ndarray:
+    """The distinct values of sorted `t // unit`, in order: where they change, found block by block
+    (no full sort, and no full-length temporaries for 10M-bar runs)."""
+    parts = []
+    prev = None
+    for s in range(0, len(t), block):
+        d = t[s:s + block] // unit
+        change = np.flatnonzero(np.diff(d)) + 1
+        if prev is None or d[0] != prev:
+            parts.append(d[:1])
+        parts.append(d[change])
+        prev = d[-1]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def _read_table(path: Path) -> pa.Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from tradetrace.engine.trades import OPTIONAL_INT_FIELDS, TradeLog
 from tradetrace.events.event import make_event_id, parse_event_id
 from tradetrace.events.lineage import Lineage, to_traced, walk_back
 from tradetrace.events.types import EventType, event_schema
+from tradetrace.store.reader import concat_by_seq
 
 _TRADE_ID_COLS = ("entry_signal", "entry_order", "entry_fill", "exit_signal", "exit_order", "exit_fill", "close")
 
@@ -37,7 +39,7 @@ class BacktestResult:
     metrics: dict[str, float]
     final_equity: float
     initial_cash: float
-    equity: pd.Series
+    equity_curve: tuple[np.ndarray, np.ndarray]  # (market time ns, equity): `equity` builds the Series
     trade_log: TradeLog
     open_positions: list[dict]
     event_count: int
@@ -48,6 +50,14 @@ class BacktestResult:
     sweep_id: str | None = None
     recorder: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def equity(self) -> pd.Series:
+        """Mark-to-market equity per bar time (UTC index). Built on first access: its time index is a copy
+        of the market times, which a 10M-bar run should not pay for unless it is looked at."""
+        times, values = self.equity_curve
+        return pd.Series(values, index=pd.DatetimeIndex(times.view("datetime64[ns]"), dtype="datetime64[ns, UTC]"),
+                         name="equity", copy=False)
 
     def _eid(self, seq: int | None) -> str | None:
         return None if seq is None else make_event_id(self.run_id, seq)
@@ -117,17 +127,18 @@ class BacktestResult:
         return self.recorder.tables()
 
     def events(self, types: list[str] | None = None) -> pa.Table:
-        """Traced events as one Arrow table sorted by seq (payload columns of absent types are null)."""
+        """Traced events as one Arrow table sorted by seq (payload columns of absent types are null; string
+        columns dictionary-encoded, as the event store's `load_events` returns them)."""
         tabs = self._tables()
         unknown = [n for n in types or () if n not in EventType.__members__]
         if unknown:
             raise ValueError(f"unknown event type {unknown[0]!r} (known: {', '.join(EventType.__members__)})")
-        wanted = [t for t in tabs if types is None or t.name in types]
+        wanted = {t: tab for t, tab in tabs.items() if types is None or t.name in types}
         if not wanted:  # none recorded: an empty table with the requested types' columns
-            empty = [event_schema(EventType[n]).empty_table() for n in types or ()]
-            return pa.concat_tables(empty, promote_options="default") if empty else pa.table({})
-        table = pa.concat_tables([tabs[t] for t in wanted], promote_options="default")
-        return table.sort_by("seq")
+            if not types:
+                return pa.table({})
+            wanted = {EventType[n]: event_schema(EventType[n]).empty_table() for n in types}
+        return concat_by_seq(wanted)
 
     def events_df(self, types: list[str] | None = None) -> pd.DataFrame:
         return self.events(types).to_pandas()

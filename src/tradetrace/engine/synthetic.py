@@ -82,6 +82,9 @@ def generate(bars: int, seed: int = 7, freq: str = "1min", symbols: list[str] | 
         z = common if k == 0 else 0.5 * common + np.sqrt(0.75) * rng.standard_normal(bars)
         r = sig_sqdt * z
         r += drift  # (mu - sigma^2/2) dt + sigma sqrt(dt) z
+        del z
+        if k == len(symbols) - 1:  # the last user of the shared shocks and drift
+            del common, drift
         close = np.cumsum(r)
         np.exp(close, out=close)
         close *= start_price * (1 + 0.2 * k)
@@ -94,16 +97,23 @@ def generate(bars: int, seed: int = 7, freq: str = "1min", symbols: list[str] | 
         np.exp(gap, out=gap)
         open_ *= gap
         del gap
-        wick = np.abs(rng.standard_normal((2, bars)))
+        # Upper then lower wicks, drawn one after the other into one buffer (the same draws as one
+        # (2, bars) array, one array less at the peak).
+        wick = rng.standard_normal(bars)
+        np.abs(wick, out=wick)
         wick *= sig_sqdt
         wick *= 0.6
-        np.exp(wick[0], out=wick[0])
+        np.exp(wick, out=wick)
         high = np.maximum(open_, close)
-        high *= wick[0]
-        np.negative(wick[1], out=wick[1])
-        np.exp(wick[1], out=wick[1])
+        high *= wick
+        rng.standard_normal(out=wick)
+        np.abs(wick, out=wick)
+        wick *= sig_sqdt
+        wick *= 0.6
+        np.negative(wick, out=wick)
+        np.exp(wick, out=wick)
         low = np.minimum(open_, close)
-        low *= wick[1]
+        low *= wick
         del wick
         volume = rng.lognormal(8.0, 0.5, bars)
         volume *= sigma / VOL_LEVELS[0]
@@ -117,7 +127,6 @@ def generate(bars: int, seed: int = 7, freq: str = "1min", symbols: list[str] | 
         np.minimum(low, close, out=low)
         series[name] = Series(ts, open_, high, low, close, volume, freq == "1d",
                               f"synthetic(seed={seed}, freq={freq})")
-    del drift, common
     md = align(series)
     # VIX-like: implied vol tracks the regime's vol with a premium and slow noise, in vol points.
     noise = np.cumsum(rng.standard_normal(bars)) * 0.02

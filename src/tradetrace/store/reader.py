@@ -270,7 +270,7 @@ def merge_by_seq(parts: list[tuple[EventType, pa.Table]]) -> pa.Table:
     event schema's types (string, float64).
     """
     if not parts:
-        return pa.schema([pa.field(n, t) for n, t in COMMON_FIELDS]).empty_table()
+        return pa.schema([pa.field(n, _merged_type(t)) for n, t in COMMON_FIELDS]).empty_table()
     fields = _merged_fields(parts)
     if fields is None:  # the same column name with two types: let Arrow's promotion decide, slowly
         tabs = [codec.from_disk(_plain(p), t) for t, p in parts]
@@ -297,7 +297,15 @@ def merge_by_seq(parts: list[tuple[EventType, pa.Table]]) -> pa.Table:
 
         with ThreadPoolExecutor(max_workers=_WORKERS) as ex:
             arrays = list(ex.map(column, fields))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_type(_merged_type(f.type)) for f in fields]))
+
+
+#: String columns of a merged (multi-type) table: dictionary-encoded (see `_scatter_strings`).
+DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+
+
+def _merged_type(t: pa.DataType) -> pa.DataType:
+    return DICT_STRING if pa.types.is_string(t) else t
 
 
 _PARALLEL_ROWS = 200_000
@@ -311,7 +319,7 @@ def _event_type_column(n: int, parts: list[tuple[EventType, pa.Table]], pos: lis
     idx = np.empty(n, dtype=np.int32)
     for p_pos, (t, _) in zip(pos, parts, strict=True):
         idx[p_pos] = code[t.name]
-    return pc.take(pa.array(names, type=pa.string()), pa.array(idx), boundscheck=False)
+    return pa.DictionaryArray.from_arrays(pa.array(idx), pa.array(names, type=pa.string()))
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -426,7 +434,7 @@ def _fixed_dtype(t: pa.DataType) -> np.dtype | None:
 def _scatter(n: int, t: pa.DataType, sources: Sources, masks: _Masks) -> pa.Array:
     """One merged column: each source's values at its output positions, null where a part lacks it."""
     if all(c is None or c.null_count == len(c) for _, c in sources):
-        return pa.nulls(n, t)
+        return pa.nulls(n, _merged_type(t))
     dt = _fixed_dtype(t)
     if dt is not None:
         return _scatter_fixed(n, t, dt, sources, masks)
@@ -451,10 +459,11 @@ def _scatter_fixed(n: int, t: pa.DataType, dt: np.dtype, sources: Sources, masks
 
 
 def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) -> pa.Array:
-    """Strings through one dictionary: scatter int32 codes, then one gather of the (few) distinct values.
+    """Strings as a dictionary column: scatter int32 codes into one unique dictionary, no string copied.
 
-    Stored string columns are read dictionary-encoded (a run id is one value for a million rows), so
-    the strings are materialized once, in output order, instead of being decoded and then moved."""
+    Stored string columns are read dictionary-encoded and are low-cardinality (one run id for a
+    million rows, a dozen type and container names), so the merged column keeps that form: materialized
+    strings were a third of a loaded run's memory and the costliest step of the merge."""
     idx = np.zeros(n, dtype=np.int32)
     dicts = []
     base = 0
@@ -467,10 +476,16 @@ def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) ->
         d = chunk.dictionary
         dicts.append(d if d.type == t else d.cast(t))
         base += len(d)
+    dictionary = pa.concat_arrays(dicts) if len(dicts) > 1 else dicts[0]
+    unique = pc.sort_indices(pc.unique(dictionary))
+    unique = pc.unique(dictionary).take(unique)
+    if not unique.equals(dictionary):  # one sorted code per value, however the parts were chunked
+        remap = np.asarray(pc.index_in(dictionary, value_set=unique), dtype=np.int32)
+        idx = remap[idx]
+        dictionary = unique
     bitmap, nulls = masks.validity(sources)
     codes = pa.Array.from_buffers(pa.int32(), n, [bitmap, pa.py_buffer(idx)], null_count=nulls)
-    dictionary = pa.concat_arrays(dicts) if len(dicts) > 1 else dicts[0]
-    return pc.take(dictionary, codes, boundscheck=False)
+    return pa.DictionaryArray.from_arrays(codes, dictionary)
 
 
 def _scatter_sparse(n: int, t: pa.DataType, sources: Sources) -> pa.Array:
