@@ -64,7 +64,7 @@ class ReturnStats:
             total += float(ex.sum())
             lo, hi = min(lo, float(ex.min())), max(hi, float(ex.max()))
             d = np.minimum(ex, 0.0)
-            down_sq += float(np.dot(d, d))
+            down_sq += float(np.square(d, out=d).sum())  # not np.dot: BLAS threads spin in parallel sweeps
             wealth = 1.0 + r
             np.cumprod(wealth, out=wealth)
             if growth != 1.0:
@@ -86,7 +86,7 @@ class ReturnStats:
             mean_r = self.mean + risk_free
             for r in blocks():
                 d = r - mean_r
-                dev += float(np.dot(d, d))
+                dev += float(np.square(d, out=d).sum())
         self.sd = math.sqrt(dev / (n - 1)) if n >= 2 else math.nan
 
     def sharpe(self, periods_per_year: float) -> float:
