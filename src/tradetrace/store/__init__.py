@@ -83,7 +83,8 @@ class EventStore:
     def load_events(self, run_id: str, types: list[str] | None = None, start: Any = None,
                     end: Any = None) -> pa.Table:
         """All events of a run (optionally some types, market time in [start, end)) as one Arrow table
-        sorted by seq; payload columns of other types are null."""
+        sorted by seq; payload columns of other types are null, string columns are dictionary-encoded
+        (pandas: Categorical), as in `BacktestResult.events()`."""
         reader = self._reader(run_id)
         wanted = None
         if types is not None:
