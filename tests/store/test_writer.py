@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 import tradetrace as tt
 from tradetrace.engine.backtest import RunFailed
-from tradetrace.store import EventStore, codec
+from tradetrace.store import EventStore, codec, service
 from tradetrace.strategies.builtin import MovingAverageCrossover
 
 from .conftest import run_config
@@ -116,22 +117,54 @@ def test_sigkill_leaves_a_readable_store_and_reports_the_lost_range(store: Event
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["process", "thread"])
-def test_slow_disk_blocks_the_producer_and_drops_nothing(store: EventStore, monkeypatch: pytest.MonkeyPatch,
-                                                         mode: str) -> None:
+def test_slow_disk_blocks_the_producer_and_drops_nothing(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
     real = codec.write_parquet
 
-    def slow_write(*args, **kwargs):  # the real writer, made slow (inherited by a forked writer too)
+    def slow_write(*args, **kwargs):  # the real writer, made slow (the thread writer runs in this process)
         time.sleep(0.05)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(codec, "write_parquet", slow_write)
-    rec = store.recorder(durability_events=3_000, queue_batches=2, mode=mode)
+    rec = store.recorder(durability_events=3_000, queue_batches=2, mode="thread")
     res = tt.run_backtest(run_config(bars=40_000, chunk=2_000), recorder=rec)
-    assert rec.mode == mode
+    assert rec.mode == "thread"
     assert rec.producer_waits > 0  # the producer blocked on the writer
     assert rec.max_inflight <= 2  # memory bounded by the queue
     assert _stored_counts(store, res.run_id) == res.counts
+
+
+@pytest.mark.slow
+def test_stopped_writer_process_blocks_the_producer_and_drops_nothing(store: EventStore) -> None:
+    """The writer process frozen by a real SIGSTOP for the first part of a run: the producer blocks (bounded
+    queue), nothing is dropped, and the run completes once SIGCONT lets the writer go on."""
+    writer = service.service()  # this process's writer process, which the run will use
+    rec = store.recorder(durability_events=3_000, queue_batches=2, mode="process")
+    os.kill(writer.pid, signal.SIGSTOP)
+    resume = threading.Timer(0.5, os.kill, (writer.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        res = tt.run_backtest(run_config(bars=40_000, chunk=2_000), recorder=rec)
+    finally:
+        resume.join()
+    assert rec.mode == "process" and rec.writer_pid == writer.pid
+    assert rec.producer_waits > 0  # the producer blocked on the stopped writer
+    assert rec.max_inflight <= 2  # memory bounded by the queue
+    assert res.status == "completed"
+    assert _stored_counts(store, res.run_id) == res.counts
+    assert store.verify(res.run_id)[0]["ok"]
+
+
+def test_writer_process_is_fresh_and_shared_by_runs(store: EventStore) -> None:
+    """The writer is not a fork of the engine (no copy-on-write pages shared with it) and serves run after run."""
+    a = tt.run_backtest(run_config(bars=5_000)).recorder
+    b = tt.run_backtest(run_config(bars=5_000)).recorder
+    assert a.mode == b.mode == "process"
+    assert a.writer_pid == b.writer_pid == service.service().pid
+    with open(f"/proc/{a.writer_pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    assert argv[1] == b"-c" and b"tradetrace.store.service" in argv[2]  # a new interpreter, not a fork
+    with open(f"/proc/{a.writer_pid}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()  # its parent is this process
 
 
 @pytest.mark.slow

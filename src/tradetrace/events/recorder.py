@@ -10,7 +10,7 @@ implements the same protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -153,6 +153,23 @@ assert len(EventType) <= NTYPES
 _TYPE_NAMES = [EventType(t).name if t < len(EventType) else "" for t in range(NTYPES)]
 
 
+class MarketWindow(NamedTuple):
+    """Rows [start, start + len(ts)) of the market columns that a batch's tables read.
+
+    A writer in another process receives this with each batch (a few MB per 65k bars) instead of
+    sharing the whole data set: see store/service.py for why it is not forked."""
+
+    start: int
+    symbols: list[str]
+    ts: np.ndarray
+    symbol_idx: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+
+
 class EventBatch:
     """One chunk of a run's events in publish order, convertible to per-type Arrow tables."""
 
@@ -237,8 +254,23 @@ class EventBatch:
             out[bar] = self._bar_seqs(~out[bar])
         return out, null
 
-    def tables(self, market: MarketData) -> dict[EventType, pa.Table]:
+    def window(self, market: MarketData) -> MarketWindow:
+        """The market rows this batch's tables read (its bars and the rows its other events refer to);
+        views, no copy."""
+        lo, hi = self.bars.row_start, self.bars.row_stop
+        if len(self._rows):
+            lo = min(lo, max(int(self._rows.min()), 0))
+            hi = max(hi, int(self._rows.max()) + 1)
+        hi = min(hi, len(market.ts))
+        lo = min(lo, hi)
+        sl = slice(lo, hi)
+        return MarketWindow(lo, list(market.symbols), market.ts[sl], market.symbol_idx[sl], market.open[sl],
+                            market.high[sl], market.low[sl], market.close[sl], market.volume[sl])
+
+    def tables(self, market: MarketData | MarketWindow) -> dict[EventType, pa.Table]:
         """Typed Arrow tables, one per event type present, rows in seq order."""
+        if not isinstance(market, MarketWindow):
+            market = self.window(market)
         out: dict[EventType, pa.Table] = {}
         if self.bars.row_stop > self.bars.row_start:
             out[EventType.BAR] = self._bar_table(market)
@@ -249,7 +281,7 @@ class EventBatch:
         # Columns of every event at once (vectorized), then one take per type.
         rows = self._rows
         seq = rows + 1 + self.nonbar_before + np.arange(n, dtype=np.int64)
-        ts = market.ts[np.maximum(rows, 0)] if len(market.ts) else np.zeros(n, dtype=np.int64)
+        ts = market.ts[np.maximum(rows, 0) - market.start] if len(market.ts) else np.zeros(n, dtype=np.int64)
         cause, cause_null = self._resolve(np.frombuffer(log.cause, dtype=np.int64))
         emitted = self._wall(np.frombuffer(log.emitted, dtype=np.int64))
         received = np.zeros(n, dtype=np.int64)
@@ -321,9 +353,9 @@ class EventBatch:
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~has))
 
-    def _bar_table(self, market: MarketData) -> pa.Table:
+    def _bar_table(self, market: MarketWindow) -> pa.Table:
         b = self.bars
-        sl = slice(b.row_start, b.row_stop)
+        sl = slice(b.row_start - market.start, b.row_stop - market.start)
         n = b.row_stop - b.row_start
         emitted = np.full(n, self._wall(np.int64(b.emitted_ns)), dtype=np.int64)
         received = np.zeros(n, dtype=np.int64)

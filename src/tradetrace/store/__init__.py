@@ -17,11 +17,11 @@ from tradetrace.events.lineage import Lineage
 from tradetrace.events.recorder import Recorder
 from tradetrace.events.types import EventType
 from tradetrace.paths import events_dir
-from tradetrace.store import maintenance, queries
+from tradetrace.store import maintenance, queries, service
 from tradetrace.store.layout import StoreError, check_run_id
 from tradetrace.store.reader import RunReader, concat_by_seq, run_record
 from tradetrace.store.sampling import Sampling
-from tradetrace.store.writer import StoreRecorder, Terminated
+from tradetrace.store.writer import StoreRecorder, Terminated, process_available
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -179,5 +179,8 @@ def recorder_for(cfg: RunConfig) -> Recorder:
     sampling = None
     if s.sampling.enabled:
         sampling = Sampling(context=s.sampling.context, base_rate=s.sampling.base_rate, seed=s.sampling.seed)
+    mode = None if s.writer == "auto" else s.writer
+    if mode != "thread" and process_available():
+        service.service()  # start the writer process now: it boots while the caller loads data
     return EventStore(s.path).recorder(s.durability_events, s.durability_ms, s.queue_batches, sampling,
-                                       s.compression, mode=None if s.writer == "auto" else s.writer)
+                                       s.compression, mode=mode)

@@ -30,11 +30,7 @@ still lists every durable segment: the store reports the run incomplete and the 
 from __future__ import annotations
 
 import atexit
-import ctypes
-import mmap
-import multiprocessing
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -42,15 +38,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from tradetrace.events.recorder import EventBatch, RunInfo, RunTotals
+from tradetrace.events.recorder import EventBatch, MarketWindow, RunInfo, RunTotals
 from tradetrace.events.types import EventType
-from tradetrace.store import codec, layout
+from tradetrace.store import codec, layout, service
 from tradetrace.store.sampling import Sampling, sample
 
 if TYPE_CHECKING:
@@ -76,7 +71,7 @@ class Terminated(SystemExit):
 class SegmentWriter:
     """Batches of one run -> durable segments + journal + final manifest. Runs in the writer (thread or child)."""
 
-    def __init__(self, root: Path, run_id: str, date: str, compression: str, market: MarketData,
+    def __init__(self, root: Path, run_id: str, date: str, compression: str, market: MarketData | None,
                  sampling: Sampling | None, keep_events: int = 0) -> None:
         self.root = root
         # Tables of a small run kept after writing (thread mode): the run's own process reads them back
@@ -101,8 +96,9 @@ class SegmentWriter:
         self.counts: dict[str, int] = {}
         self.lo: int | None = None
 
-    def add(self, batch: EventBatch) -> None:
-        tables = batch.tables(self.market)
+    def add(self, batch: EventBatch, market: MarketWindow | None = None) -> None:
+        """Buffer a batch; `market` is the batch's market rows where the writer has no data set of its own."""
+        tables = batch.tables(market if market is not None else self.market)
         if self.sampling is not None:
             tables = sample(tables, self.sampling)
         for t, tab in tables.items():
@@ -195,10 +191,10 @@ def _segment_events(durability_events: int) -> int:
     return max(1, durability_events // 2)
 
 
-def fork_available() -> bool:
-    """Process mode needs fork (Linux/macOS) and the main thread (signals, PDEATHSIG bookkeeping)."""
-    return ("fork" in multiprocessing.get_all_start_methods()
-            and threading.current_thread() is threading.main_thread())
+def process_available() -> bool:
+    """Process mode needs the writer service (Linux) and the main thread: signals, and PR_SET_PDEATHSIG
+    follows the thread that started the writer, which must live as long as the process."""
+    return service.available() and threading.current_thread() is threading.main_thread()
 
 
 class StoreRecorder:
@@ -248,7 +244,7 @@ class StoreRecorder:
         self._writer: SegmentWriter | None = None
         # process mode
         self._conn: Connection | None = None
-        self._proc: Any = None
+        self._service: service.WriterService | None = None
         self._done = False
 
     # -- Recorder protocol -----------------------------------------------------------------------
@@ -269,22 +265,19 @@ class StoreRecorder:
             "compression": self.compression, "sampling": None if self.sampling is None else {
                 "context": self.sampling.context, "base_rate": self.sampling.base_rate, "seed": self.sampling.seed},
         })
-        self.mode = self.requested_mode or ("process" if fork_available() else "thread")
-        writer = SegmentWriter(self.root, self.run_id, self.date, self.compression, market, self.sampling,
-                               keep_events=KEEP_EVENTS if self.mode == "thread" else 0)
+        self.mode = self.requested_mode or ("process" if process_available() else "thread")
         if self.mode == "process":
-            ctx = multiprocessing.get_context("fork")
-            parent, child = ctx.Pipe(duplex=True)
-            _widen(parent)  # the sender's SO_SNDBUF and the receiver's SO_RCVBUF both bound a send
-            _widen(child)
-            self._proc = ctx.Process(target=_child_main, args=(child, writer, _segment_events(self.durability_events),
-                                                               self.durability_s),
-                                     name=f"tradetrace-store-{self.run_id[:8]}", daemon=True)
-            self._proc.start()
-            child.close()
-            self._conn = parent
+            if not service.available():
+                raise layout.StoreError("writer mode 'process' needs Linux (memfd); use mode 'thread'")
+            self._service = service.service()
+            self._conn = self._service.conn
+            self._send(("begin", {
+                "root": self.root, "run_id": self.run_id, "date": self.date, "compression": self.compression,
+                "market": None, "sampling": self.sampling, "segment_events": _segment_events(self.durability_events),
+                "durability_s": self.durability_s}))
         else:
-            self._writer = writer
+            self._writer = SegmentWriter(self.root, self.run_id, self.date, self.compression, market, self.sampling,
+                                         keep_events=KEEP_EVENTS)
             self._thread = threading.Thread(target=self._run, name=f"tradetrace-store-{self.run_id[:8]}",
                                             daemon=True)
             self._thread.start()
@@ -319,7 +312,7 @@ class StoreRecorder:
         self._ended = True
         self.totals = totals
         if self.mode == "process":
-            self._send(("end", totals))
+            self._send(("end", self.run_id, totals))
         else:
             with self._cond:
                 self._queue.append(_END)
@@ -375,7 +368,7 @@ class StoreRecorder:
                 self._undurable and self._undurable + n > self.durability_events)):
             self.producer_waits += 1
             if self._inflight < self.queue_batches:  # waiting on durability: ask for a segment now
-                self._send(("flush",))
+                self._send(("flush", self.run_id))
             self._read_acks(block=True)
         if self._error is not None:
             return
@@ -387,14 +380,16 @@ class StoreRecorder:
         self.max_inflight = max(self.max_inflight, self._inflight)
 
     def _send(self, msg: tuple | EventBatch) -> None:
-        """A message to the writer process (a batch goes as a memfd); a dead writer becomes the run's error."""
-        assert self._conn is not None
+        """A message to the writer process (a batch goes as a memfd, with its market rows); a dead writer
+        becomes the run's error."""
+        assert self._conn is not None and self._service is not None and self._market is not None
         try:
             if isinstance(msg, EventBatch):
-                _hand_over(self._conn, msg, self._proc.pid)
+                self._service.hand_over(self.run_id, msg, msg.window(self._market))
             else:
                 self._conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            self._service.broken = True
             self._error = self._error or RuntimeError(f"writer process exited: {exc}")
 
     def _read_acks(self, block: bool) -> None:
@@ -405,16 +400,23 @@ class StoreRecorder:
             try:
                 msg = conn.recv()
             except (EOFError, ConnectionResetError, OSError) as exc:
-                code = self._proc.exitcode if self._proc is not None else None
+                assert self._service is not None
+                self._service.broken = True
+                code = self._service.proc.poll()
                 self._error = self._error or RuntimeError(f"writer process exited (code {code}): {exc!r}")
                 return
-            kind = msg[0]
+            kind, run = msg[0], msg[1]
+            if kind == "taken":
+                assert self._service is not None
+                self._service.taken()  # every batch's buffer comes back, whichever run it was
+            if run != self.run_id:  # a late answer about an earlier run of this process
+                continue
             if kind == "taken":
                 self._inflight -= 1
             elif kind == "durable":
-                self._undurable -= msg[1]
+                self._undurable -= msg[2]
             elif kind == "error":
-                self._error = RuntimeError(msg[1])
+                self._error = RuntimeError(msg[2])
             elif kind == "done":
                 self._done = True
             block = False  # after one message, only drain what is already there
@@ -422,10 +424,11 @@ class StoreRecorder:
     def _wait_process(self) -> None:
         while self._error is None and not self._done:
             self._read_acks(block=True)
-        if self._proc is not None:
-            self._proc.join(timeout=60)
-        if self._conn is not None:
-            self._conn.close()
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid in process mode (tests stop it with real signals), else None."""
+        return self._service.pid if self._service is not None else None
 
     # -- thread mode -----------------------------------------------------------------------------
     def _append_thread(self, batch: EventBatch, n: int) -> None:
@@ -482,7 +485,7 @@ class StoreRecorder:
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
-            _mark_failed(w, exc)
+            mark_failed(w, exc)
 
     # -- signals and exit ------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -517,107 +520,11 @@ class StoreRecorder:
                            dict(self._received_counts)))
 
 
-def _mark_failed(w: SegmentWriter, exc: BaseException) -> None:
+def mark_failed(w: SegmentWriter, exc: BaseException) -> None:
     try:
         w.mark_failed(exc)
     except OSError as exc2:  # the disk that failed the segment may fail this too; the producer is told
         print(f"tradetrace: could not mark run {w.run_id} failed: {exc2}", file=sys.stderr)
-
-
-def _widen(conn: Connection) -> None:
-    """Larger socket buffers: a batch (~1 MB) crosses in a few reads instead of dozens."""
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-    except OSError as exc:  # a smaller buffer still works, only slower
-        print(f"tradetrace: could not widen the writer's socket buffers: {exc}", file=sys.stderr)
-    finally:
-        sock.close()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the parent dies, so a killed run leaves no writer behind."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError) as exc:
-        print(f"tradetrace: writer cannot follow its parent's death: {exc}", file=sys.stderr)
-
-
-def _child_main(conn: Connection, w: SegmentWriter, segment_events: int, durability_s: float) -> None:
-    """The writer process: batches in, segments out, acknowledgements back, on one thread.
-
-    A batch arrives as an in-memory file (memfd) whose descriptor comes over the socket: the parent's
-    hand-over is a memcpy that never waits for this process, so no reader thread is needed here (one
-    used to thrash the GIL and the parent's core). "taken" is acknowledged when the writer starts on a
-    batch, so the parent's `queue_batches` bounds the memory of batches not yet taken.
-    """
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the run
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        while True:
-            timeout = max(durability_s - (time.monotonic() - w.since), 0.0) if w.events else None
-            try:
-                if not conn.poll(timeout):  # durability_ms passed with events buffered
-                    conn.send(("durable", w.write_segment()))
-                    continue
-                msg = conn.recv()
-                kind = msg[0]
-                batch = _receive_batch(conn, msg) if kind == "batch" else None
-            except (EOFError, ConnectionResetError):  # the parent is gone without ending the run:
-                return  # the durable segments stay as they are, the run reads as incomplete
-            if batch is not None:
-                conn.send(("taken",))
-                w.add(batch)
-                if w.segment_due(segment_events, idle=not conn.poll(0)):
-                    conn.send(("durable", w.write_segment()))
-            elif kind == "flush":
-                conn.send(("durable", w.write_segment()))
-            elif kind == "end":
-                w.finish(msg[1])
-                conn.send(("done",))
-                return
-    except BaseException as exc:  # noqa: BLE001 - the parent is told and the run marked failed
-        _mark_failed(w, exc)
-        try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        except OSError as exc2:
-            print(f"tradetrace: writer could not report {exc!r}: {exc2}", file=sys.stderr)
-    finally:
-        conn.close()
-
-
-_MEMFD = hasattr(os, "memfd_create")
-
-
-def _hand_over(conn: Connection, batch: EventBatch, pid: int) -> None:
-    """Parent side: the pickled batch into a memfd, its descriptor to the writer (inline where no memfd)."""
-    if not _MEMFD:
-        conn.send(("batch", batch))
-        return
-    fd = os.memfd_create("tradetrace-batch", os.MFD_CLOEXEC)
-    try:
-        with open(fd, "wb", buffering=0, closefd=False) as f:
-            pickle.dump(batch, f, protocol=pickle.HIGHEST_PROTOCOL)  # big bytes columns go straight to the file
-            size = f.tell()
-        conn.send(("batch", size))
-        send_handle(conn, fd, pid)
-    finally:
-        os.close(fd)  # the writer holds its own descriptor now
-
-
-def _receive_batch(conn: Connection, msg: tuple) -> EventBatch:
-    """Writer side of `_hand_over`."""
-    if not isinstance(msg[1], int):
-        return msg[1]
-    fd = recv_handle(conn)
-    try:
-        with mmap.mmap(fd, msg[1], prot=mmap.PROT_READ) as m:
-            return pickle.loads(m)
-    finally:
-        os.close(fd)
 
 
 def _defer_codes() -> frozenset:
@@ -627,7 +534,7 @@ def _defer_codes() -> frozenset:
                       StoreRecorder.append.__code__, StoreRecorder.end.__code__, StoreRecorder.wait.__code__,
                       StoreRecorder._append_process.__code__, StoreRecorder._append_thread.__code__,
                       StoreRecorder._wait_process.__code__, StoreRecorder._read_acks.__code__,
-                      StoreRecorder._send.__code__, _hand_over.__code__})
+                      StoreRecorder._send.__code__, service.WriterService.hand_over.__code__})
 
 
 _DEFER_CODES = _defer_codes()
