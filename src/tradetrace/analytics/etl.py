@@ -123,7 +123,7 @@ class RunRecords:
 def split_events(events: pa.Table | Mapping[Any, pa.Table]) -> dict[EventType, pa.Table]:
     """Per-type tables sorted by seq, from one combined table (`result.events()`) or a per-type mapping."""
     if isinstance(events, Mapping):
-        return {EventType[k] if isinstance(k, str) else EventType(k): t.sort_by("seq") for k, t in events.items()}
+        return {EventType[k] if isinstance(k, str) else EventType(k): _by_seq(t) for k, t in events.items()}
     out: dict[EventType, pa.Table] = {}
     if events.num_rows == 0:
         return out
@@ -135,6 +135,13 @@ def split_events(events: pa.Table | Mapping[Any, pa.Table]) -> dict[EventType, p
         sub = events.filter(pc.equal(events.column("event_type"), name)).select(cols)
         out[t] = sub.sort_by("seq")
     return out
+
+
+def _by_seq(table: pa.Table) -> pa.Table:
+    """The table sorted by seq; as it is when it already is (a store's and a recorder's tables are), since
+    sorting copies every column."""
+    seq = _np(table, "seq", np.int64)
+    return table if len(seq) < 2 or bool(np.all(seq[1:] > seq[:-1])) else table.sort_by("seq")
 
 
 def _np(table: pa.Table | None, name: str, dtype: Any = None) -> np.ndarray:
@@ -149,6 +156,26 @@ def _np(table: pa.Table | None, name: str, dtype: Any = None) -> np.ndarray:
 
 def _strings(table: pa.Table | None, name: str) -> list:
     return [] if table is None or table.num_rows == 0 else table.column(name).to_pylist()
+
+
+def _plain_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
+
+
+def _distinct(table: pa.Table | None, name: str) -> list:
+    """A string column's distinct values, in order of first appearance."""
+    if table is None or table.num_rows == 0:
+        return []
+    return pc.unique(_plain_strings(table.column(name))).to_pylist()
+
+
+def _codes(table: pa.Table | None, name: str, values: list[str]) -> np.ndarray:
+    """Each row's position of its string in `values` (-1 if absent or null), vectorized: runs have millions
+    of BARs and a Python loop per row was most of a sweep run's analytics time."""
+    if table is None or table.num_rows == 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = pc.index_in(_plain_strings(table.column(name)), value_set=pa.array(values, pa.string()))
+    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _lookup(sorted_seqs: np.ndarray, seqs: np.ndarray) -> np.ndarray:
@@ -198,14 +225,6 @@ def equity_curve(ts: np.ndarray, sym: np.ndarray, close: np.ndarray, n_symbols: 
     return ts[last], (cash + value)[last], gross[last]
 
 
-def _dominant(labels: list[str | None]) -> str | None:
-    counts: dict[str, int] = {}
-    for x in labels:
-        if x is not None:
-            counts[x] = counts.get(x, 0) + 1
-    return max(counts, key=lambda k: (counts[k], k)) if counts else None
-
-
 def _market_classifier(names: Iterable[str]) -> str | None:
     names = sorted(set(names) - {"volatility"})
     for pref in ("trend", "vix"):
@@ -241,21 +260,19 @@ def records_from_events(events: pa.Table | Mapping[Any, pa.Table], meta: RunMeta
 
     # Market rows from BARs (row order == seq order).
     symbols = [s for s in (symbols_csv or "").split(",") if s]
-    bar_sym_names = _strings(bars, "symbol")
-    for s in dict.fromkeys(bar_sym_names):
+    for s in _distinct(bars, "symbol"):
         if s not in symbols:
             symbols.append(s)
-    sym_index = {s: k for k, s in enumerate(symbols)}
     bar_seq = _np(bars, "seq", np.int64)
     bar_ts = _np(bars, "timestamp", np.int64)
-    bar_sym = np.fromiter((sym_index[s] for s in bar_sym_names), dtype=np.int32, count=len(bar_sym_names))
+    bar_sym = _codes(bars, "symbol", symbols).astype(np.int32)
     bar_close = _np(bars, "close", np.float64)
     rows_of = [np.flatnonzero(bar_sym == k) for k in range(len(symbols))]
 
     # FILLs: the bar row being handled when each was published.
     fill_seq = _np(fills, "seq", np.int64)
     fill_row = np.maximum(np.searchsorted(bar_seq, fill_seq) - 1, 0)
-    fill_sym = np.fromiter((sym_index[s] for s in _strings(fills, "symbol")), dtype=np.int64, count=len(fill_seq))
+    fill_sym = _codes(fills, "symbol", symbols)
     fill_qty = _np(fills, "quantity", np.float64)
     signed = _np(fills, "side", np.float64) * fill_qty
     fill_price = _np(fills, "price", np.float64)
@@ -273,7 +290,7 @@ def records_from_events(events: pa.Table | Mapping[Any, pa.Table], meta: RunMeta
     ppy = meta.periods_per_year or (_periods_per_year(bar_ts[rows_of[0]], daily) if symbols else 252.0)
     _, equity, gross = equity_curve(bar_ts, bar_sym, bar_close, len(symbols), fill_row, fill_sym, signed,
                                     fill_price, fill_fee, initial)
-    pnl = _strings(closes, "pnl")
+    pnl = _np(closes, "pnl", np.float64)
     metrics = compute_metrics(equity, gross, initial, pnl, ppy, meta.risk_free)
     total_commission = sum(_strings(fills, "commission"), 0.0)
     total_slippage = sum(_strings(fills, "slippage"), 0.0)
@@ -288,21 +305,38 @@ def records_from_events(events: pa.Table | Mapping[Any, pa.Table], meta: RunMeta
             idx = [k for k in range(len(ch_seq)) if ch_cls[k] == c and ch_sym[k] == s]
             by_key[(c, s)] = (ch_seq[idx], [ch_to[k] for k in idx])
 
-    def labels_at(symbol: str, seqs: np.ndarray, classifier: str | None) -> list[str | None]:
+    def labels_at(symbol: str, seqs: np.ndarray, classifier: str | None) -> np.ndarray:
+        """The label in effect at each seq (object array, None before the first change)."""
+        out = np.full(len(seqs), None, dtype=object)
         if classifier is None or (classifier, symbol) not in by_key:
-            return [None] * len(seqs)
+            return out
         cs, lab = by_key[(classifier, symbol)]
         k = np.searchsorted(cs, seqs) - 1
-        return [lab[j] if j >= 0 else None for j in k.tolist()]
+        have = k >= 0
+        out[have] = np.asarray(lab, dtype=object)[k[have]]
+        return out
+
+    def dominant_at(symbol: str, seqs: np.ndarray, classifier: str | None) -> str | None:
+        """The label in effect at most of `seqs` (ties: the greatest label), counted without a label per seq."""
+        if classifier is None or (classifier, symbol) not in by_key:
+            return None
+        cs, lab = by_key[(classifier, symbol)]
+        k = np.searchsorted(cs, seqs) - 1
+        k = k[k >= 0]
+        if not len(k):
+            return None
+        names, code = np.unique(np.asarray(lab, dtype=object), return_inverse=True)
+        counts = np.bincount(code[k], minlength=len(names))
+        return max((int(c), str(names[j])) for j, c in enumerate(counts) if c)[1]
 
     market_cls = _market_classifier(classifiers)
     vol_cls = "volatility" if "volatility" in classifiers else None
     first_sym_bars = bar_seq[rows_of[0]] if symbols else bar_seq
-    market_regime = _dominant(labels_at(symbols[0], first_sym_bars, market_cls)) if symbols else None
-    volatility_regime = _dominant(labels_at(symbols[0], first_sym_bars, vol_cls)) if symbols else None
+    market_regime = dominant_at(symbols[0], first_sym_bars, market_cls) if symbols else None
+    volatility_regime = dominant_at(symbols[0], first_sym_bars, vol_cls) if symbols else None
 
     trades = _trades(cid, closes, opens, orders, signals, fill_seq, fill_row, fill_ts, fill_qty, fill_slip,
-                     fill_cause, rows_of, sym_index, labels_at, market_cls, vol_cls)
+                     fill_cause, rows_of, symbols, labels_at, market_cls, vol_cls)
     held = trades.column("bars_held").to_numpy() if trades.num_rows else np.zeros(0)
     dur = ((_np(trades, "exit_time", np.int64) - _np(trades, "entry_time", np.int64)) / 1e9
            if trades.num_rows else np.zeros(0))
@@ -368,7 +402,7 @@ def failed_run(correlation_id: str, *, strategy: str, params: Mapping[str, Any],
 def _trades(cid: str, closes: pa.Table | None, opens: pa.Table | None, orders: pa.Table | None,
             signals: pa.Table | None, fill_seq: np.ndarray, fill_row: np.ndarray, fill_ts: np.ndarray,
             fill_qty: np.ndarray, fill_slip: np.ndarray, fill_cause: np.ndarray, rows_of: list[np.ndarray],
-            sym_index: dict[str, int], labels_at: Any, market_cls: str | None, vol_cls: str | None) -> pa.Table:
+            symbol_names: list[str], labels_at: Any, market_cls: str | None, vol_cls: str | None) -> pa.Table:
     if closes is None or closes.num_rows == 0:
         return TRADE_SCHEMA.empty_table()
     n = closes.num_rows
@@ -388,31 +422,32 @@ def _trades(cid: str, closes: pa.Table | None, opens: pa.Table | None, orders: p
         found = _lookup(signal_seq, sig)
         return pa.array(sig, pa.int64(), mask=found < 0)
 
-    symbols = closes.column("symbol").to_pylist()
+    sym = _codes(closes, "symbol", symbol_names)
     # Entry regimes: as of the trade's POSITION_OPEN (when the portfolio read them).
-    open_seq_by_trade = dict(zip(_strings(opens, "trade_id"), _np(opens, "seq", np.int64).tolist(), strict=True))
-    trade_ids = closes.column("trade_id").to_pylist()
-    open_seqs = np.array([open_seq_by_trade.get(t, -1) for t in trade_ids], dtype=np.int64)
-    entry_reg, entry_vol, exit_reg, exit_vol = ([None] * n for _ in range(4))
-    for s in set(symbols):
-        idx = [k for k in range(n) if symbols[k] == s]
+    open_seqs = np.full(n, -1, dtype=np.int64)
+    if opens is not None and opens.num_rows:
+        k = pc.index_in(closes.column("trade_id"), value_set=opens.column("trade_id").combine_chunks())
+        k = k.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        open_seqs[k >= 0] = _np(opens, "seq", np.int64)[k[k >= 0]]
+    entry_reg, entry_vol, exit_reg, exit_vol = (np.full(n, None, dtype=object) for _ in range(4))
+    a = np.where(nf >= 0, fill_row[nf], 0) if len(fill_row) else np.zeros(n, dtype=np.int64)
+    b = np.where(ef >= 0, fill_row[ef], 0) if len(fill_row) else np.zeros(n, dtype=np.int64)
+    bars_held = np.zeros(n, dtype=np.int64)
+    for j in np.unique(sym).tolist():  # per symbol: a trade's bars are its own symbol's rows
+        m = sym == j
+        s = symbol_names[j]
         for out, seqs, cls in ((entry_reg, open_seqs, market_cls), (entry_vol, open_seqs, vol_cls),
                                (exit_reg, c_seq, market_cls), (exit_vol, c_seq, vol_cls)):
-            for k, label in zip(idx, labels_at(s, seqs[idx], cls), strict=True):
-                out[k] = label
-    bars_held = []
-    for k in range(n):
-        rows = rows_of[sym_index[symbols[k]]]
-        a = fill_row[nf[k]] if nf[k] >= 0 else 0
-        b = fill_row[ef[k]] if ef[k] >= 0 else 0
-        bars_held.append(int(np.searchsorted(rows, b) - np.searchsorted(rows, a)))
+            out[m] = labels_at(s, seqs[m], cls)
+        rows = rows_of[j]
+        bars_held[m] = np.searchsorted(rows, b[m]) - np.searchsorted(rows, a[m])
     slip = np.where(ef >= 0, fill_slip[ef] * qty / np.where(ef >= 0, fill_qty[ef], 1.0), 0.0) + np.where(
         nf >= 0, fill_slip[nf] * np.minimum(qty / np.where(nf >= 0, fill_qty[nf], 1.0), 1.0), 0.0)
-    side = closes.column("side").to_pylist()
+    side = _np(closes, "side", np.int64)
     cols = {
         "correlation_id": const_str(cid, n), "close_seq": pa.array(c_seq),
         "trade_id": closes.column("trade_id"), "symbol": closes.column("symbol"),
-        "direction": pa.array(["long" if x > 0 else "short" for x in side]), "quantity": closes.column("quantity"),
+        "direction": pa.array(np.where(side > 0, "long", "short"), pa.string()), "quantity": closes.column("quantity"),
         "entry_time": pa.array(np.where(nf >= 0, fill_ts[nf], 0)).cast(_TS),
         "exit_time": closes.column("timestamp"),
         "entry_price": closes.column("entry_price"), "exit_price": closes.column("exit_price"),
@@ -434,22 +469,23 @@ def _latencies(cid: str, tabs: Mapping[EventType, pa.Table], start: pa.Table) ->
     for t, tab in sorted(tabs.items()):
         if tab.num_rows == 0:
             continue
-        sources = tab.column("source_container").to_pylist()
+        src = _plain_strings(tab.column("source_container")).combine_chunks().dictionary_encode()
+        codes = np.asarray(src.indices.to_numpy(zero_copy_only=False))
+        names = src.dictionary.to_pylist()
         emitted = _np(tab, "emitted_at", np.int64)
         rx_null = np.asarray(tab.column("received_at").is_null().to_numpy(zero_copy_only=False))
         px_null = np.asarray(tab.column("processed_at").is_null().to_numpy(zero_copy_only=False))
         received = tab.column("received_at").cast(pa.int64()).fill_null(0).to_numpy()
         processed = tab.column("processed_at").cast(pa.int64()).fill_null(0).to_numpy()
-        src_arr = np.asarray(sources, dtype=object)
-        for src in sorted(set(sources)):
-            m = src_arr == src
+        for j in sorted(range(len(names)), key=names.__getitem__):
+            m = codes == j
             ok = m & ~rx_null & ~px_null
             total = (processed[ok] - emitted[ok]) / 1e3
             queue = (received[ok] - emitted[ok]) / 1e3
             has = len(total) > 0
             q = np.percentile(total, [50, 95, 99]) if has else [None] * 3
             rows.append({"correlation_id": cid, "measured_at": measured, "event_type": t.name,
-                         "source_container": src, "event_count": int(m.sum()), "sampled": int(ok.sum()),
+                         "source_container": names[j], "event_count": int(m.sum()), "sampled": int(ok.sum()),
                          "mean_us": float(total.mean()) if has else None,
                          "p50_us": _f(q[0]), "p95_us": _f(q[1]), "p99_us": _f(q[2]),
                          "max_us": float(total.max()) if has else None,
