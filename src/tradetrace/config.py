@@ -136,8 +136,9 @@ class StoreConfig(_Strict):
     durability_ms: int = Field(1_000, ge=1, description="... and at least every N milliseconds")
     queue_batches: int = Field(8, ge=1, description="bounded queue between bus and writer (batches)")
     writer: Literal["auto", "process", "thread"] = Field(
-        "auto", description="where the writer runs: a forked process (a run on its own: it gets its own core) "
-        "or a thread (sweeps, whose parallel runs already use the cores); auto picks")
+        "auto", description="where the writer runs: a writer process (a run on its own: it gets its own core; "
+        "one per Python process, started fresh and reused; Linux) or a thread (sweeps, whose parallel runs "
+        "already use the cores); auto picks")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
 

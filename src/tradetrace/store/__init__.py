@@ -50,7 +50,8 @@ class EventStore:
                  compact_on_end: bool = False, mode: str | None = None) -> StoreRecorder:
         """A recorder for one run (pass it to run_backtest, or let `recorder_for` build it from config).
 
-        `mode`: where the writer runs, "process" (default where fork is available) or "thread".
+        `mode`: where the writer runs, "process" (this process's writer process, see service.py; the default on
+        Linux in the main thread) or "thread".
         """
         return StoreRecorder(self.root, compression=compression or self.compression,
                              durability_events=durability_events, durability_ms=durability_ms,

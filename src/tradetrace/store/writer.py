@@ -12,13 +12,14 @@ memory; nothing is ever dropped.
 
 Where the writer runs (why): converting events and encoding Parquet is Python and C work that, in a
 thread, competes with the engine for the GIL; measured on the reference workload this made a
-persisted run about twice as slow as an untraced one. So by default the writer is a forked child
-process (`mode="process"`): it inherits the market data copy-on-write, receives each batch as an
-in-memory file (a batch is a few bytes columns: pickling and copying it is a memcpy), and answers with
-acknowledgements. It dies with its parent (PR_SET_PDEATHSIG), so a SIGKILL of the run leaves exactly
-what a killed thread would: the durable segments. `mode="thread"` is the fallback where fork is
-unavailable or unsafe, and what sweep workers use (their cores are taken by other runs); a thread keeps
-a small run's tables after writing them, so the run's analytics rows need not read its files back.
+persisted run about twice as slow as an untraced one. So by default the writer is a separate process
+(`mode="process"`): this process's writer process (`service.py`: started fresh, not forked, and reused
+by every run of the process), which receives each batch with its market rows through a shared-memory
+buffer and answers with acknowledgements. It dies with its parent (PR_SET_PDEATHSIG), so a SIGKILL of
+the run leaves exactly what a killed thread would: the durable segments. `mode="thread"` is the
+fallback off Linux or off the main thread, and what sweep workers use (their cores are taken by other
+runs); a thread keeps a small run's tables after writing them, so the run's analytics rows need not
+read its files back.
 
 Ends: `end` flushes everything and marks the run completed or failed with its reason; `end(wait=False)`
 then `wait()` lets the caller compute metrics while the last segment is written. SIGTERM during
