@@ -174,3 +174,21 @@ def test_sampled_store_runs_use_engine_metrics_and_are_not_backfilled(db_url: st
         skipped: list[str] = []
         assert backfill(db, EventStore(), skipped=skipped) == 0
     assert len(skipped) == 1 and "sampled or lost events" in skipped[0]
+
+
+def test_run_regimes_are_the_labels_in_effect_at_most_bars(result: BacktestResult) -> None:
+    """market_regime / volatility_regime: the label in effect at the most BARs of the first symbol, counted
+    here bar by bar from the REGIME_CHANGE events (ties: the greatest label)."""
+    from collections import Counter
+
+    ev = result.events(["BAR", "REGIME_CHANGE"]).to_pylist()
+    rec = etl.records_from_events(result.events(), meta()).metrics
+    for classifier, col in (("vix", "market_regime"), ("volatility", "volatility_regime")):
+        label, counts = None, Counter()
+        for e in ev:
+            if e["event_type"] == "REGIME_CHANGE" and e["classifier"] == classifier and e["symbol"] == "AAA":
+                label = e["to_label"]
+            elif e["event_type"] == "BAR" and e["symbol"] == "AAA" and label is not None:
+                counts[label] += 1
+        assert len(counts) >= 2, (classifier, counts)  # the run lives through several regimes
+        assert rec[col] == max(counts, key=lambda k: (counts[k], k)), (classifier, counts)

@@ -164,3 +164,14 @@ def test_parquet_validation_names_file_and_row(tmp_path: Path) -> None:
     df.to_parquet(p)
     with pytest.raises(DataError, match=r"bad\.parquet: row 3: field 'low' value nan"):
         load_series(p)
+
+
+def test_distinct_days_block_by_block_equal_a_full_unique() -> None:
+    """periods_per_year finds the distinct days in blocks (no full-length temporaries for 10M-bar runs)."""
+    from tradetrace.engine.data import NS_PER_DAY, _distinct_sorted
+
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 999, 20_000):
+        ts = np.sort(rng.integers(0, 400 * NS_PER_DAY, n))
+        for block in (1, 7, 1000, 1 << 20):
+            assert np.array_equal(_distinct_sorted(ts, NS_PER_DAY, block), np.unique(ts // NS_PER_DAY)), (n, block)
