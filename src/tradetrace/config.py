@@ -137,7 +137,7 @@ class StoreConfig(_Strict):
     queue_batches: int = Field(8, ge=1, description="bounded queue between bus and writer (batches)")
     writer: Literal["auto", "process", "thread"] = Field(
         "auto", description="where the writer runs: a writer process (a run on its own: it gets its own core; "
-        "one per Python process, started fresh and reused; Linux) or a thread (sweeps, whose parallel runs "
+        "forked for the first runs, then a fresh one reused; Linux) or a thread (sweeps, whose parallel runs "
         "already use the cores); auto picks")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 

@@ -137,7 +137,8 @@ def test_slow_disk_blocks_the_producer_and_drops_nothing(store: EventStore, monk
 def test_stopped_writer_process_blocks_the_producer_and_drops_nothing(store: EventStore) -> None:
     """The writer process frozen by a real SIGSTOP for the first part of a run: the producer blocks (bounded
     queue), nothing is dropped, and the run completes once SIGCONT lets the writer go on."""
-    writer = service.service()  # this process's writer process, which the run will use
+    writer = service.service()  # this process's fresh writer process, which the run will use once it is ready
+    assert writer.ready(wait=True)
     rec = store.recorder(durability_events=3_000, queue_batches=2, mode="process")
     os.kill(writer.pid, signal.SIGSTOP)
     resume = threading.Timer(0.5, os.kill, (writer.pid, signal.SIGCONT))
@@ -155,16 +156,48 @@ def test_stopped_writer_process_blocks_the_producer_and_drops_nothing(store: Eve
 
 
 def test_writer_process_is_fresh_and_shared_by_runs(store: EventStore) -> None:
-    """The writer is not a fork of the engine (no copy-on-write pages shared with it) and serves run after run."""
+    """Once this process's fresh writer is ready, runs share it: not a fork of the engine (no copy-on-write
+    pages shared with it), a new interpreter whose parent is this process."""
+    writer = service.service()
+    assert writer.ready(wait=True)
     a = tt.run_backtest(run_config(bars=5_000)).recorder
     b = tt.run_backtest(run_config(bars=5_000)).recorder
     assert a.mode == b.mode == "process"
-    assert a.writer_pid == b.writer_pid == service.service().pid
+    assert a.writer_pid == b.writer_pid == writer.pid
     with open(f"/proc/{a.writer_pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     assert argv[1] == b"-c" and b"tradetrace.store.service" in argv[2]  # a new interpreter, not a fork
     with open(f"/proc/{a.writer_pid}/stat") as f:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()  # its parent is this process
+
+
+FIRST_RUNS = """
+import os, sys, tradetrace as tt
+from tradetrace.store import service
+sys.path.insert(0, {tests!r})
+from store.conftest import run_config
+for k in range(3):
+    rec = tt.run_backtest(run_config(bars=20_000)).recorder
+    fresh = service._SERVICE
+    print(rec.writer_pid, int(rec._service.fresh), -1 if fresh is None else fresh.pid, flush=True)
+    if fresh is not None:
+        assert fresh.ready(wait=True)
+"""
+
+
+def test_first_runs_write_through_a_fork_until_the_fresh_writer_is_ready(store: EventStore) -> None:
+    """A process's first run gets a forked writer for that run only (no start-up wait); the second starts the
+    fresh writer in the background; once it is ready, runs use it."""
+    code = FIRST_RUNS.format(tests=str(Path(__file__).parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TRADETRACE_HOME": str(store.root.parent)})
+    assert out.returncode == 0, out.stderr
+    rows = [tuple(int(x) for x in line.split()) for line in out.stdout.split("\n") if line.strip()]
+    (w1, f1, s1), (w2, f2, s2), (w3, f3, s3) = rows
+    assert (f1, s1) == (0, -1)  # run 1: a fork, no fresh writer started
+    assert f2 == 0 and s2 > 0 and w2 != w1  # run 2: another fork, the fresh writer starting
+    assert (f3, w3, s3) == (1, s2, s2)  # run 3: the fresh writer
+    assert {r["status"] for r in store.runs()} == {"completed"} and len(store.runs()) == 3
 
 
 @pytest.mark.slow

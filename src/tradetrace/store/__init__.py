@@ -17,11 +17,11 @@ from tradetrace.events.lineage import Lineage
 from tradetrace.events.recorder import Recorder
 from tradetrace.events.types import EventType
 from tradetrace.paths import events_dir
-from tradetrace.store import maintenance, queries, service
+from tradetrace.store import maintenance, queries
 from tradetrace.store.layout import StoreError, check_run_id
 from tradetrace.store.reader import RunReader, concat_by_seq, run_record
 from tradetrace.store.sampling import Sampling
-from tradetrace.store.writer import StoreRecorder, Terminated, process_available
+from tradetrace.store.writer import StoreRecorder, Terminated
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +50,8 @@ class EventStore:
                  compact_on_end: bool = False, mode: str | None = None) -> StoreRecorder:
         """A recorder for one run (pass it to run_backtest, or let `recorder_for` build it from config).
 
-        `mode`: where the writer runs, "process" (this process's writer process, see service.py; the default on
-        Linux in the main thread) or "thread".
+        `mode`: where the writer runs, "process" (a writer process, see service.py; the default on Linux in the
+        main thread) or "thread".
         """
         return StoreRecorder(self.root, compression=compression or self.compression,
                              durability_events=durability_events, durability_ms=durability_ms,
@@ -181,7 +181,5 @@ def recorder_for(cfg: RunConfig) -> Recorder:
     if s.sampling.enabled:
         sampling = Sampling(context=s.sampling.context, base_rate=s.sampling.base_rate, seed=s.sampling.seed)
     mode = None if s.writer == "auto" else s.writer
-    if mode != "thread" and process_available():
-        service.service()  # start the writer process now: it boots while the caller loads data
     return EventStore(s.path).recorder(s.durability_events, s.durability_ms, s.queue_batches, sampling,
                                        s.compression, mode=mode)

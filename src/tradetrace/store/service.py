@@ -1,11 +1,15 @@
-"""The event store's writer process: started fresh (not forked) once per engine process, reused by its runs.
+"""The event store's writer processes: a forked one per run at first, then one fresh process reused by all runs.
 
-Why not a forked child per run (what this replaced): a forked child shares every page of the engine's
-heap copy-on-write, so each page the engine writes afterwards is copied by the kernel on the engine's
-time. Measured on the reference workload (1M bars), an idle forked child alone made the run ~8% slower,
-and the copies also doubled the memory of every page written. A process started from a new interpreter
-shares nothing. Its start (importing pyarrow, ~0.3 s of the other core) is paid once per engine
-process: it serves every process-mode run of that process, one after the other.
+Why two kinds:
+- A forked child starts at once, but it shares every page of the engine's heap copy-on-write, so each
+  page the engine writes afterwards is copied by the kernel on the engine's time. Measured on the
+  reference workload (1M bars), an idle forked child alone made the run ~8% slower.
+- A process started from a new interpreter shares nothing, but starting it (importing pyarrow and
+  numpy) takes ~0.25 s, which a run would wait for: a small CLI run became 0.25 s slower.
+So a process's first store run gets a forked writer that serves that run only (a one-off run pays no
+start-up); its second starts the fresh writer in the background (still writing through a fork itself),
+and every later run, once the fresh writer says it is ready, uses it: a process that runs many
+backtests pays neither cost per run. `for_run()` makes that choice.
 
 Transport (why): a batch is pickled, together with the market rows its tables read (`EventBatch.window`),
 straight into a shared-memory buffer (a memfd both processes map), and only the buffer's number crosses
@@ -36,9 +40,12 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tradetrace.events.recorder import EventBatch, MarketWindow
+
+if TYPE_CHECKING:
+    from tradetrace.engine.data import MarketData
 
 _PR_SET_PDEATHSIG = 1
 _MEMFD = hasattr(os, "memfd_create")
@@ -49,19 +56,68 @@ def available() -> bool:
     return _MEMFD and hasattr(socket, "AF_UNIX")
 
 
-class WriterService:
-    """Parent side: the writer process and the connection to it."""
+class _Forked:
+    """The few `subprocess.Popen` methods used here, for a child made by os.fork."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"writer {self.pid}", timeout or 0.0)
+            time.sleep(0.002)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class WriterService:
+    """Parent side: a writer process and the connection to it (`fresh`: a new interpreter, else a fork that
+    serves one run)."""
+
+    def __init__(self, fresh: bool, market: MarketData | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for sock in (ours, theirs):
             _widen(sock)
-        code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[2]); "
-                "from tradetrace.store.service import main; main(int(sys.argv[1]))")
-        # The parent's import path travels along: a run started from a source tree or a test's sys.path
-        # must find the same tradetrace in its writer.
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), json.dumps(sys.path)],
-                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        self.fresh = fresh
+        self.has_market = not fresh  # a fork sees the run's market data: batches travel without their rows
+        self._ready = not fresh  # a fork has everything imported already
+        self.proc: subprocess.Popen | _Forked
+        if fresh:
+            code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[2]); "
+                    "from tradetrace.store.service import main; main(int(sys.argv[1]), announce=True)")
+            # The parent's import path travels along: a run started from a source tree or a test's sys.path
+            # must find the same tradetrace in its writer.
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), json.dumps(sys.path)],
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        else:
+            pid = os.fork()
+            if pid == 0:  # the child: serve, then leave without running the parent's exit handlers
+                code = 0
+                try:
+                    ours.close()
+                    main(theirs.detach(), market=market)
+                except BaseException:  # noqa: BLE001 - reported on stderr; the engine sees the closed socket
+                    import traceback
+
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    os._exit(code)
+            self.proc = _Forked(pid)
         theirs.close()
         self.conn = Connection(ours.detach())
         self.owner = os.getpid()
@@ -77,7 +133,16 @@ class WriterService:
     def usable(self) -> bool:
         return not self.broken and self.owner == os.getpid() and self.proc.poll() is None
 
-    def hand_over(self, run_id: str, batch: EventBatch, window: MarketWindow) -> None:
+    def ready(self, wait: bool = False) -> bool:
+        """Whether a fresh writer has finished starting (it says so once, before any run is sent to it)."""
+        if not self._ready and self.usable() and self.conn.poll(None if wait else 0):
+            try:
+                self._ready = self.conn.recv() == ("ready",)
+            except (EOFError, OSError):
+                self.broken = True
+        return self._ready
+
+    def hand_over(self, run_id: str, batch: EventBatch, window: MarketWindow | None) -> None:
         """The pickled batch and its market rows into a free shared buffer; the buffer's number to the writer."""
         buffers: list[pickle.PickleBuffer] = []
         f = io.BytesIO()
@@ -106,17 +171,14 @@ class WriterService:
 
 
     def close(self) -> None:
-        """Stop the writer (it exits on end of file) and reap it."""
+        """Stop the writer: it exits on end of file, and is reaped later (a forked writer's exit tears down a
+        copy of the engine's address space: the engine does not wait for that)."""
         for slot in [*self._busy, *self._free]:
             slot.close()
         self._busy.clear()
         self._free.clear()
         self.conn.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _EXITING.append(self.proc)
 
 
 class _OutOfBand(pickle.Pickler):
@@ -180,16 +242,42 @@ def read_slot(m: mmap.mmap) -> Any:
     return pickle.loads(m[16:16 + head_len], buffers=buffers)
 
 
-_SERVICE: WriterService | None = None
+_EXITING: list[subprocess.Popen | _Forked] = []  # closed writers not yet reaped
+
+
+def _reap() -> None:
+    _EXITING[:] = [p for p in _EXITING if p.poll() is None]
+
+
+_SERVICE: WriterService | None = None  # this process's fresh writer, once started
+_RUNS = 0  # process-mode runs begun by this process (see the module docstring)
+_RUNS_OWNER = os.getpid()
 
 
 def service() -> WriterService:
-    """This process's writer, started on first use and again if it died (or if this process was forked
-    from the one that started it: a child never shares its parent's writer)."""
+    """This process's fresh writer process, started if there is none or it died (or if this process was
+    forked from the one that started it: a child never shares its parent's writer)."""
     global _SERVICE
     if _SERVICE is None or not _SERVICE.usable():
-        _SERVICE = WriterService()
+        _SERVICE = WriterService(fresh=True)
     return _SERVICE
+
+
+def for_run(market: MarketData) -> WriterService:
+    """The writer for a run that starts now: the fresh writer if it is ready, else a fork for this run
+    (starting the fresh writer from the second run on)."""
+    global _RUNS, _RUNS_OWNER
+    if os.getpid() != _RUNS_OWNER:
+        _RUNS, _RUNS_OWNER = 0, os.getpid()
+        _EXITING.clear()  # a forked copy of this module: those were the parent's children
+    _reap()
+    _RUNS += 1
+    s = _SERVICE
+    if s is not None and s.usable() and s.ready():
+        return s
+    if _RUNS >= 2 and (s is None or not s.usable()):
+        service()  # boots in the background while this run writes through a fork
+    return WriterService(fresh=False, market=market)
 
 
 def _widen(sock: socket.socket) -> None:
@@ -229,12 +317,18 @@ def _receive(conn: Connection, msg: tuple, maps: dict[int, mmap.mmap]) -> tuple[
     return read_slot(maps[number])
 
 
-def main(fd: int) -> None:
-    """The writer process: runs one after the other, until the engine process closes the connection."""
+def main(fd: int, announce: bool = False, market: MarketData | None = None) -> None:
+    """The writer process: runs one after the other, until the engine process closes the connection.
+    `announce`: say "ready" first (a fresh writer, whose start the engine does not wait for); `market`: the
+    run's data, in a forked writer (its batches come without market rows)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which ends the run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     conn = Connection(fd)
+    if announce:
+        from tradetrace.store import writer  # noqa: F401 - everything a run needs, imported before "ready"
+
+        conn.send(("ready",))
     maps: dict[int, mmap.mmap] = {}  # the engine's shared buffers, by number
     msg: Any = None
     try:
@@ -242,7 +336,7 @@ def main(fd: int) -> None:
             if msg is None:
                 msg = conn.recv()
             if msg[0] == "begin":
-                msg = _serve_run(conn, msg[1], maps)
+                msg = _serve_run(conn, msg[1], maps, market)
             else:  # the tail of a run that failed here: discard it until the next run
                 if msg[0] == "batch":
                     _receive(conn, msg, maps)
@@ -252,14 +346,15 @@ def main(fd: int) -> None:
         return
 
 
-def _serve_run(conn: Connection, spec: dict, maps: dict[int, mmap.mmap]) -> tuple | None:
+def _serve_run(conn: Connection, spec: dict, maps: dict[int, mmap.mmap],
+               market: MarketData | None = None) -> tuple | None:
     """One run: batches in, segments out, acknowledgements back. Returns a message meant for the next run
     (a new "begin" after a run the engine abandoned), or None."""
     from tradetrace.store.writer import SegmentWriter, mark_failed
 
     run_id = spec["run_id"]
     segment_events, durability_s = spec.pop("segment_events"), spec.pop("durability_s")
-    w = SegmentWriter(**spec)
+    w = SegmentWriter(**spec, market=market)
     try:
         while True:
             timeout = max(durability_s - (time.monotonic() - w.since), 0.0) if w.events else None

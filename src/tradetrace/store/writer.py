@@ -13,9 +13,10 @@ memory; nothing is ever dropped.
 Where the writer runs (why): converting events and encoding Parquet is Python and C work that, in a
 thread, competes with the engine for the GIL; measured on the reference workload this made a
 persisted run about twice as slow as an untraced one. So by default the writer is a separate process
-(`mode="process"`): this process's writer process (`service.py`: started fresh, not forked, and reused
-by every run of the process), which receives each batch with its market rows through a shared-memory
-buffer and answers with acknowledgements. It dies with its parent (PR_SET_PDEATHSIG), so a SIGKILL of
+(`mode="process"`, see `service.py`): a forked child for a process's first runs (it starts at once),
+then one writer started from a fresh interpreter and reused by every later run (it shares no pages with
+the engine, so the engine pays no copy-on-write). Batches go through reused shared-memory buffers;
+the writer answers with acknowledgements. It dies with its parent (PR_SET_PDEATHSIG), so a SIGKILL of
 the run leaves exactly what a killed thread would: the durable segments. `mode="thread"` is the
 fallback off Linux or off the main thread, and what sweep workers use (their cores are taken by other
 runs); a thread keeps a small run's tables after writing them, so the run's analytics rows need not
@@ -270,11 +271,11 @@ class StoreRecorder:
         if self.mode == "process":
             if not service.available():
                 raise layout.StoreError("writer mode 'process' needs Linux (memfd); use mode 'thread'")
-            self._service = service.service()
+            self._service = service.for_run(market)
             self._conn = self._service.conn
             self._send(("begin", {
                 "root": self.root, "run_id": self.run_id, "date": self.date, "compression": self.compression,
-                "market": None, "sampling": self.sampling, "segment_events": _segment_events(self.durability_events),
+                "sampling": self.sampling, "segment_events": _segment_events(self.durability_events),
                 "durability_s": self.durability_s}))
         else:
             self._writer = SegmentWriter(self.root, self.run_id, self.date, self.compression, market, self.sampling,
@@ -386,7 +387,8 @@ class StoreRecorder:
         assert self._conn is not None and self._service is not None and self._market is not None
         try:
             if isinstance(msg, EventBatch):
-                self._service.hand_over(self.run_id, msg, msg.window(self._market))
+                window = None if self._service.has_market else msg.window(self._market)
+                self._service.hand_over(self.run_id, msg, window)
             else:
                 self._conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
@@ -425,6 +427,8 @@ class StoreRecorder:
     def _wait_process(self) -> None:
         while self._error is None and not self._done:
             self._read_acks(block=True)
+        if self._service is not None and not self._service.fresh:  # a forked writer serves one run
+            self._service.close()
 
     @property
     def writer_pid(self) -> int | None:
