@@ -459,30 +459,27 @@ def _scatter_fixed(n: int, t: pa.DataType, dt: np.dtype, sources: Sources, masks
 
 
 def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) -> pa.Array:
-    """Strings as a dictionary column: scatter int32 codes into one unique dictionary, no string copied.
+    """Strings as a dictionary column: scatter int32 codes into one sorted dictionary, no string copied.
 
     Stored string columns are read dictionary-encoded and are low-cardinality (one run id for a
     million rows, a dozen type and container names), so the merged column keeps that form: materialized
-    strings were a third of a loaded run's memory and the costliest step of the merge."""
-    idx = np.zeros(n, dtype=np.int32)
-    dicts = []
-    base = 0
+    strings were a third of a loaded run's memory and the costliest step of the merge. Each chunk's codes
+    are translated through its (small) dictionary's positions in the merged one as they are scattered."""
+    chunks = []
     for p_pos, chunk in _chunks(sources):
         if not pa.types.is_dictionary(chunk.type):
             chunk = chunk.dictionary_encode()
-        codes = chunk.indices
-        c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
-        idx[p_pos] = c[codes.offset:codes.offset + len(codes)] + base
         d = chunk.dictionary
-        dicts.append(d if d.type == t else d.cast(t))
-        base += len(d)
-    dictionary = pa.concat_arrays(dicts) if len(dicts) > 1 else dicts[0]
-    unique = pc.sort_indices(pc.unique(dictionary))
-    unique = pc.unique(dictionary).take(unique)
-    if not unique.equals(dictionary):  # one sorted code per value, however the parts were chunked
-        remap = np.asarray(pc.index_in(dictionary, value_set=unique), dtype=np.int32)
-        idx = remap[idx]
-        dictionary = unique
+        chunks.append((p_pos, chunk.indices, d if d.type == t else d.cast(t)))
+    values = pc.unique(pa.concat_arrays([d for _, _, d in chunks]))
+    dictionary = values.take(pc.sort_indices(values))  # sorted: the same dictionary however the parts were cut
+    idx = np.zeros(n, dtype=np.int32)
+    for p_pos, codes, d in chunks:
+        to_merged = np.asarray(pc.index_in(d, value_set=dictionary), dtype=np.int32)
+        c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
+        c = c[codes.offset:codes.offset + len(codes)]
+        # clip: a null slot's code is unspecified (its row is masked by the validity bitmap anyway)
+        idx[p_pos] = np.take(to_merged, c, mode="clip") if len(to_merged) > 1 else to_merged[0]
     bitmap, nulls = masks.validity(sources)
     codes = pa.Array.from_buffers(pa.int32(), n, [bitmap, pa.py_buffer(idx)], null_count=nulls)
     return pa.DictionaryArray.from_arrays(codes, dictionary)
