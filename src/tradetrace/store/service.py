@@ -12,8 +12,9 @@ and every later run, once the fresh writer says it is ready, uses it: a process 
 backtests pays neither cost per run. `for_run()` makes that choice.
 
 Transport (why): a batch is pickled (for the fresh writer together with the market rows its tables read,
-`EventBatch.window`; a fork reads the market data it inherited) straight into a shared-memory buffer (a memfd both processes map), and only the buffer's number crosses
-the socket, so handing a batch over is one memcpy that never waits for the writer. Buffers are reused:
+`EventBatch.window`; a fork reads the market data it inherited) straight into a shared-memory buffer
+(a memfd both processes map), and only the buffer's number crosses the socket, so handing a batch over
+is one memcpy that never waits for the writer. Buffers are reused:
 the writer answers "taken" once it has copied a batch out, and that buffer takes a later batch. A fresh
 memfd per batch cost ~4x more than the copy (the kernel allocates and zeroes its pages). Every
 acknowledgement names its run, so a late answer about an earlier run (one that failed) is never taken for
