@@ -244,3 +244,29 @@ def test_thread_writer_keeps_a_small_run_equal_to_its_files(store: EventStore, m
     big = tt.run_backtest(run_config(bars=20_000, writer="thread")).recorder
     assert big._writer.kept is None
     _same_tables(big.tables(), RunReader(big.root, big.run_id).tables())
+
+
+@pytest.mark.slow
+def test_a_killed_writer_process_fails_the_run_with_the_lost_range(store: EventStore) -> None:
+    """The writer process SIGKILLed mid-run (as the OOM killer would): the run fails with a clear error,
+    the engine marks it failed in the store with the seq range that was not durable, and the next run
+    gets a new writer."""
+    writer = service.service()
+    assert writer.ready(wait=True)
+    rec = store.recorder(durability_events=3_000, queue_batches=2, mode="process")
+    os.kill(writer.pid, signal.SIGSTOP)  # the run blocks on it, then it is killed
+    killer = threading.Timer(0.3, os.kill, (writer.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        with pytest.raises(RunFailed, match="writer process exited"):
+            tt.run_backtest(run_config(bars=40_000, chunk=2_000), recorder=rec)
+    finally:
+        killer.join()
+    (run,) = store.runs()
+    assert run["status"] == "failed" and "writer process died" in run["reason"]
+    lo, hi = run["lost_seq"]
+    assert lo == run["durable_seq_hi"] + 1 and hi == run["event_count"] - 1
+    assert store.load_events(run["run_id"]).num_rows == lo  # exactly the durable prefix is readable
+    nxt = tt.run_backtest(run_config(bars=5_000))
+    assert nxt.status == "completed" and nxt.recorder.writer_pid != writer.pid
+    assert store.verify(nxt.run_id)[0]["ok"]

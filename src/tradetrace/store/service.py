@@ -329,7 +329,10 @@ def main(fd: int, announce: bool = False, market: MarketData | None = None) -> N
     if announce:
         from tradetrace.store import writer  # noqa: F401 - everything a run needs, imported before "ready"
 
-        conn.send(("ready",))
+        try:
+            conn.send(("ready",))
+        except (BrokenPipeError, ConnectionResetError):  # the engine exited while this writer started
+            return
     maps: dict[int, mmap.mmap] = {}  # the engine's shared buffers, by number
     msg: Any = None
     try:

@@ -231,6 +231,8 @@ class StoreRecorder:
         self._received = 0
         self._received_counts: dict[str, int] = {}
         self._error: BaseException | None = None
+        self._raised = False  # the error reaches the engine once; the run is failed from then on
+        self._writer_lost = False  # the writer process died without marking the run (killed, out of memory)
         self._prev_handler: Any = None
         self._pending_signal: int | None = None
         self._ended = False
@@ -360,8 +362,29 @@ class StoreRecorder:
         return RunReader(self.root, self.run_id).lookup(seq)
 
     def _raise_error(self) -> None:
-        if self._error is not None:
+        """The writer's error, once: the engine then fails the run (ERROR event, RUN_END), and what it still
+        hands over is counted, not raised again, so the run ends and is marked with its reason."""
+        if self._error is not None and not self._raised:
+            self._raised = True
             raise RuntimeError(f"event store writer failed for run {self.run_id}: {self._error}") from self._error
+
+    def _mark_writer_lost(self) -> None:
+        """The writer process died and could not mark the run: the engine does, from the journal (what is
+        durable) and its own count of what was published."""
+        from tradetrace.store.reader import run_record
+
+        mpath = layout.manifest_path(self.root, self.run_id)
+        m = layout.read_json(mpath)
+        if m.get("status") != "running":  # the writer marked it before it went
+            return
+        hi = int(run_record(self.root, self.run_id)["durable_seq_hi"])
+        total = self.totals.event_count if self.totals is not None else self._received
+        lost = [hi + 1, total - 1] if total > hi + 1 else None
+        m.update({"status": "failed", "event_count": total, "durable_seq_hi": hi, "lost_seq": lost,
+                  "reason": f"event store writer process died: {self._error}"
+                            + (f"; events {lost[0]}..{lost[1]} were not durable" if lost else ""),
+                  "ended_wall_ns": time.time_ns()})
+        layout.write_json(mpath, m)
 
     # -- process mode (parent side) --------------------------------------------------------------
     def _append_process(self, batch: EventBatch, n: int) -> None:
@@ -393,6 +416,7 @@ class StoreRecorder:
                 self._conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
             self._service.broken = True
+            self._writer_lost = True
             self._error = self._error or RuntimeError(f"writer process exited: {exc}")
 
     def _read_acks(self, block: bool) -> None:
@@ -405,6 +429,7 @@ class StoreRecorder:
             except (EOFError, ConnectionResetError, OSError) as exc:
                 assert self._service is not None
                 self._service.broken = True
+                self._writer_lost = True
                 code = self._service.proc.poll()
                 self._error = self._error or RuntimeError(f"writer process exited (code {code}): {exc!r}")
                 return
@@ -427,6 +452,8 @@ class StoreRecorder:
     def _wait_process(self) -> None:
         while self._error is None and not self._done:
             self._read_acks(block=True)
+        if self._writer_lost:
+            self._mark_writer_lost()
         if self._service is not None and not self._service.fresh:  # a forked writer serves one run
             self._service.close()
 
