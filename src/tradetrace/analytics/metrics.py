@@ -48,7 +48,6 @@ class ReturnStats:
     """
 
     def __init__(self, blocks: Callable[[], Iterable[np.ndarray]], risk_free: float = 0.0) -> None:
-        self.rf = risk_free
         n = 0
         total = 0.0
         lo, hi = math.inf, -math.inf

@@ -149,11 +149,11 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
     `record_db=False` leaves writing the analytics database to the caller (sweeps batch it).
     """
     cfg = as_config(config)
-    traced = cfg.tracing.enabled
-    if traced and recorder is None:  # before the data: the store's writer process starts while it loads
-        recorder = recorder_for(cfg) if cfg.store.enabled else MemoryRecorder()
     md = market if market is not None else load_data(cfg)
     run_id = correlation_id or str(uuid.uuid4())  # once per run, not per event
+    traced = cfg.tracing.enabled
+    if traced and recorder is None:
+        recorder = recorder_for(cfg) if cfg.store.enabled else MemoryRecorder()
     bus = TracedEventBus(run_id, traced=traced, recorder=recorder if traced else None,
                          bar_clock_every=cfg.tracing.bar_clock_every)
     strat = strategy if strategy is not None else cfg.strategy_class()(cfg.strategy.params)

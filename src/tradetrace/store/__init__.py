@@ -180,6 +180,5 @@ def recorder_for(cfg: RunConfig) -> Recorder:
     sampling = None
     if s.sampling.enabled:
         sampling = Sampling(context=s.sampling.context, base_rate=s.sampling.base_rate, seed=s.sampling.seed)
-    mode = None if s.writer == "auto" else s.writer
     return EventStore(s.path).recorder(s.durability_events, s.durability_ms, s.queue_batches, sampling,
-                                       s.compression, mode=mode)
+                                       s.compression, mode=None if s.writer == "auto" else s.writer)

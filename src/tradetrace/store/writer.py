@@ -405,8 +405,8 @@ class StoreRecorder:
         self.max_inflight = max(self.max_inflight, self._inflight)
 
     def _send(self, msg: tuple | EventBatch) -> None:
-        """A message to the writer process (a batch goes as a memfd, with its market rows); a dead writer
-        becomes the run's error."""
+        """A message to the writer process (a batch goes through a shared buffer, with its market rows when
+        the writer has no data of its own); a dead writer becomes the run's error."""
         assert self._conn is not None and self._service is not None and self._market is not None
         try:
             if isinstance(msg, EventBatch):
