@@ -105,7 +105,7 @@ def test_unknown_readings_keep_the_last_label() -> None:
 
 def test_labels_are_computed_once_per_data_and_settings() -> None:
     """Runs on one data set share the labels (sweeps); other settings or other data compute their own."""
-    import gc
+    import pickle
 
     from tradetrace.config import ClassifierConfig
     from tradetrace.engine import classifiers as cl
@@ -127,7 +127,22 @@ def test_labels_are_computed_once_per_data_and_settings() -> None:
             ["correlation_id", "created_at", "emitted_at", "received_at", "processed_at"]).equals(
             a.events(types=["CLASSIFICATION", "REGIME_CHANGE"]).drop_columns(
                 ["correlation_id", "created_at", "emitted_at", "received_at", "processed_at"]))
-    key = id(md)
-    del md, a, b, first
-    gc.collect()
-    assert key not in cl._LABELS_CACHE
+    assert len(md.derived) == 2  # volatility (shared by both names) and trend
+    copy = pickle.loads(pickle.dumps(md))  # travels with the data (Ray workers get it this way)
+    assert np.array_equal(cl._labels(vol, copy)[1], first[1])
+    assert copy.derived.keys() == md.derived.keys()
+
+
+def test_prepare_computes_shared_labels_and_leaves_failures_to_the_runs() -> None:
+    """A sweep prepares labels once before its workers start; a classifier that cannot be computed over
+    the data (no VIX series) is left to the runs, which fail with the error and are recorded as failed."""
+    from tradetrace.config import ClassifierConfig
+    from tradetrace.engine import classifiers as cl
+
+    md, _ = synthetic.generate(5_000, seed=4, freq="1min")
+    vol = ClassifierConfig(type="volatility", window=30, lookback=300)
+    vix = ClassifierConfig(type="vix", series="NOPE")
+    cl.prepare([vix, vol], md)
+    assert list(md.derived) == ["labels:" + vol.model_dump_json(exclude={"name"})]
+    with pytest.raises(ValueError, match="auxiliary series 'NOPE' not loaded"):
+        cl._labels(vix, md)

@@ -15,7 +15,7 @@ import pytest
 
 import tradetrace as tt
 from tradetrace.engine.backtest import RunFailed
-from tradetrace.store import EventStore, codec, service
+from tradetrace.store import EventStore, layout, service
 from tradetrace.strategies.builtin import MovingAverageCrossover
 
 from .conftest import run_config
@@ -118,13 +118,13 @@ def test_sigkill_leaves_a_readable_store_and_reports_the_lost_range(store: Event
 
 @pytest.mark.slow
 def test_slow_disk_blocks_the_producer_and_drops_nothing(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = codec.write_parquet
+    real = layout.write_durably
 
-    def slow_write(*args, **kwargs):  # the real writer, made slow (the thread writer runs in this process)
+    def slow_write(*args, **kwargs):  # the real disk write, made slow (the thread writer runs in this process)
         time.sleep(0.05)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(codec, "write_parquet", slow_write)
+    monkeypatch.setattr(layout, "write_durably", slow_write)
     rec = store.recorder(durability_events=3_000, queue_batches=2, mode="thread")
     res = tt.run_backtest(run_config(bars=40_000, chunk=2_000), recorder=rec)
     assert rec.mode == "thread"

@@ -14,8 +14,6 @@ only publishes at the rows where something changed.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import pandas as pd
 
@@ -98,23 +96,16 @@ def _reading(cfg: ClassifierConfig, md: MarketData, rows: np.ndarray) -> tuple[n
     return v, np.full(len(rows), lo), np.full(len(rows), up)
 
 
-#: Labels already computed, per market data object (by id, dropped with it) and classifier settings.
-_LABELS_CACHE: dict[int, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-
-
 def _labels(cfg: ClassifierConfig, md: MarketData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(reading, regime, value) per row, read-only, computed once per market data and settings.
 
     Why cache: labels depend on the data and the classifier's settings only, not on the strategy, so
     every run of a sweep over one data set would recompute them (in a 40k-bar sweep run, ~30% of the
-    run). The market data must not be modified in place once runs have used it.
+    run). They are kept in `md.derived` (see MarketData); a sweep computes them before its workers
+    start (`prepare`), so each worker does not compute them again.
     """
-    per_md = _LABELS_CACHE.get(id(md))
-    if per_md is None:
-        per_md = _LABELS_CACHE[id(md)] = {}
-        weakref.finalize(md, _LABELS_CACHE.pop, id(md), None)
-    key = cfg.model_dump_json(exclude={"name"})
-    hit = per_md.get(key)
+    key = "labels:" + cfg.model_dump_json(exclude={"name"})
+    hit = md.derived.get(key)
     if hit is not None:
         return hit
     n = len(md)
@@ -130,8 +121,21 @@ def _labels(cfg: ClassifierConfig, md: MarketData) -> tuple[np.ndarray, np.ndarr
         values[rows] = value - (10.0 * cfg.threshold if cfg.type == "trend" else 0.0)
     for a in (reading, regime, values):
         a.flags.writeable = False
-    per_md[key] = (reading, regime, values)
-    return per_md[key]
+    md.derived[key] = (reading, regime, values)
+    return md.derived[key]
+
+
+def prepare(cfgs: list[ClassifierConfig], md: MarketData) -> None:
+    """Compute the labels of `cfgs` over `md` now (a sweep, before it starts its workers).
+
+    Settings that cannot be computed over this data (a VIX classifier without its series) are left to
+    the runs: each fails with that error and is recorded as failed, as a sweep's failing runs are.
+    """
+    for cfg in cfgs:
+        try:
+            _labels(cfg, md)
+        except ValueError:
+            continue
 
 
 class Classifier:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +60,10 @@ class MarketData:
     daily: bool
     aux: dict[str, np.ndarray] = field(default_factory=dict)  # row-aligned, NaN before first value
     sources: dict[str, str] = field(default_factory=dict)
+    #: Values computed from this data alone (classifier labels, by settings), shared by every run over it.
+    #: Kept on the data so they travel with it: forked sweep workers inherit them, Ray workers receive them
+    #: with the data, and they are dropped with it. The data must not be modified in place once used.
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ts)

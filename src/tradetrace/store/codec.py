@@ -90,13 +90,14 @@ def to_disk(table: pa.Table, etype: EventType) -> tuple[pa.Table, dict[str, str]
     return table, enc, dict_cols, bss
 
 
-def write_parquet(table: pa.Table, etype: EventType, path: Path, compression: str,
-                  row_group_size: int = ROW_GROUP) -> None:
-    """Write one event table to `path` (the caller renames it into place)."""
+def parquet_bytes(table: pa.Table, etype: EventType, compression: str, row_group_size: int = ROW_GROUP) -> pa.Buffer:
+    """One event table as a whole Parquet file in memory (`layout.write_durably` puts it on disk)."""
     t, enc, dict_cols, bss = to_disk(table, etype)
-    pq.write_table(t, path, compression=compression, row_group_size=row_group_size, use_dictionary=dict_cols,
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink, compression=compression, row_group_size=row_group_size, use_dictionary=dict_cols,
                    column_encoding=enc or None, use_byte_stream_split=bss or False,
                    store_decimal_as_integer=True, write_statistics=["seq"], data_page_version="2.0")
+    return sink.getvalue()
 
 
 def from_disk(table: pa.Table, etype: EventType) -> pa.Table:

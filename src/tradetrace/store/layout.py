@@ -106,10 +106,22 @@ def tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
-def commit(tmp: Path, final: Path) -> None:
-    """fsync `tmp`, rename it to `final` atomically, fsync the directory."""
-    fd = os.open(tmp, os.O_RDONLY)
+def write_durably(final: Path, data: bytes | memoryview | Any) -> None:
+    """Create or replace `final` atomically and durably with `data` (bytes or a buffer).
+
+    The bytes go to a temporary sibling, which is fsynced, renamed over `final`, and the directory
+    fsynced: a crash leaves the old file or the new one, never a torn one. Why from memory: a file is
+    built whole before it is written (Parquet files are serialized into a buffer first), so it is
+    created, written, fsynced and closed through one descriptor; writing through pyarrow's file
+    layer, then reopening to fsync, cost ~0.25 ms more per file, and a short run writes ~20 files.
+    """
+    tmp = tmp_name(final)
+    view = memoryview(data).cast("B")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -120,9 +132,7 @@ def commit(tmp: Path, final: Path) -> None:
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """Replace a JSON file atomically and durably."""
     make_dirs(path.parent)
-    tmp = tmp_name(path)
-    tmp.write_text(json.dumps(obj, sort_keys=True, default=str))
-    commit(tmp, path)
+    write_durably(path, json.dumps(obj, sort_keys=True, default=str).encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -49,19 +49,17 @@ def compact_run(root: Path, run_id: str) -> bool:
             continue
         table = pa.concat_tables([codec.from_disk(pq.read_table(p, partitioning=None), t) for p in paths],
                                  promote_options="default")
-        tmp = layout.tmp_name(final)
         rows = codec.ROW_GROUP if t == EventType.BAR else codec.POINT_ROW_GROUP
-        codec.write_parquet(table, t, tmp, m.get("compression", "zstd"), row_group_size=rows)
-        layout.commit(tmp, final)
+        layout.write_durably(final, codec.parquet_bytes(table, t, m.get("compression", "zstd"), row_group_size=rows))
         new_files[t.name] = [str(final.relative_to(root))]
         if t != EventType.BAR:
             causal[t] = table.select(["seq", "causation_seq"])
     index = layout.seq_index_path(root, run_id)
-    tmp = layout.tmp_name(index)
-    pq.write_table(SeqIndex.build(causal).table(), tmp, compression="zstd",
+    sink = pa.BufferOutputStream()
+    pq.write_table(SeqIndex.build(causal).table(), sink, compression="zstd",
                    column_encoding={"seq": "DELTA_BINARY_PACKED", "causation_seq": "DELTA_BINARY_PACKED"},
                    use_dictionary=["type"])
-    layout.commit(tmp, index)
+    layout.write_durably(index, sink.getvalue())
     m.update({"files": new_files, "compacted": True, "compacted_wall_ns": time.time_ns(),
               "seq_index": str(index.relative_to(root))})
     m.setdefault("event_count", m.get("durable_seq_hi", -1) + 1)

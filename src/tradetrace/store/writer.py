@@ -133,9 +133,7 @@ class SegmentWriter:
             d = layout.type_dir(self.root, self.date, t.name)
             layout.make_dirs(d)
             final = d / layout.segment_name(self.run_id, self.segment)
-            tmp = layout.tmp_name(final)
-            codec.write_parquet(table, t, tmp, self.compression)
-            layout.commit(tmp, final)
+            layout.write_durably(final, codec.parquet_bytes(table, t, self.compression))
             rel = str(final.relative_to(self.root))
             files[t.name] = rel
             stored[t.name] = table.num_rows

@@ -24,11 +24,12 @@ from typing import Any
 
 from tradetrace.analytics import schema
 from tradetrace.analytics.db import Database, connect, is_postgres
-from tradetrace.config import RunConfig
+from tradetrace.config import ClassifierConfig, RunConfig
+from tradetrace.engine import classifiers
 from tradetrace.engine.backtest import load_data
 from tradetrace.paths import database_url, events_dir
 from tradetrace.sweep.executors import RunTask, TaskOutcome, make_executor
-from tradetrace.sweep.grid import Grid, expand, load_grid, parse_grid
+from tradetrace.sweep.grid import Combination, Grid, expand, load_grid, parse_grid
 from tradetrace.sweep.rowwriter import RowWriter
 
 SWEEP_NAMESPACE = uuid.UUID("6f1d7f0e-4a53-4a51-9a5e-7d1c1c0a7e11")
@@ -89,6 +90,12 @@ def completed_hashes(db: Database, hashes: list[str]) -> set[str]:
     return done
 
 
+def _shared_classifiers(todo: list[Combination]) -> list[ClassifierConfig]:
+    """The classifier settings found in every combination (a grid may vary them; those are left to the runs)."""
+    first = todo[0].config.classifiers
+    return [c for c in first if all(c in t.config.classifiers for t in todo[1:])]
+
+
 def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None = None, executor: str = "process",
               ray_address: str | None = None, db_url: str | None = None, resume: bool = True,
               on_start: Callable[[int], None] | None = None, on_outcome: OnOutcome | None = None) -> SweepSummary:
@@ -132,6 +139,9 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
     writer = None if direct else RowWriter(url)
     started = time.perf_counter()
     try:
+        # Labels of the classifiers every combination shares, computed once here rather than once per
+        # worker: forked workers inherit them, Ray workers receive them with the data (MarketData.derived).
+        classifiers.prepare(_shared_classifiers(todo), market)
         for out in ex.run(tasks, market):
             if out.status == "completed":
                 summary.completed += 1
