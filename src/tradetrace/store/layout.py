@@ -12,7 +12,8 @@ Layout (hive partitioning, DESIGN.md decision 3):
 of market time and would otherwise scatter into thousands of tiny files; with the start date a run
 has one file per type after compaction and retention by age is a directory listing.
 Every write goes to a temporary name (`*.tmp`, never matched by `*.parquet` globs), is fsynced,
-renamed into place and its directory fsynced (decision 4).
+renamed into place and its directory fsynced (decision 4); a segment's files do this together
+(`write_all_durably`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,22 @@ def tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+def _write_tmp(final: Path, data: bytes | memoryview | Any, sync: bool) -> Path:
+    """`data` into a new temporary sibling of `final` through one descriptor (fsynced if `sync`)."""
+    tmp = tmp_name(final)
+    view = memoryview(data).cast("B")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return tmp
+
+
 def write_durably(final: Path, data: bytes | memoryview | Any) -> None:
     """Create or replace `final` atomically and durably with `data` (bytes or a buffer).
 
@@ -115,18 +132,89 @@ def write_durably(final: Path, data: bytes | memoryview | Any) -> None:
     created, written, fsynced and closed through one descriptor; writing through pyarrow's file
     layer, then reopening to fsync, cost ~0.25 ms more per file, and a short run writes ~20 files.
     """
-    tmp = tmp_name(final)
-    view = memoryview(data).cast("B")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        done = 0
-        while done < len(view):
-            done += os.write(fd, view[done:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    tmp = _write_tmp(final, data, sync=True)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+#: Group commit is used only while the system holds less unwritten data than this (see write_all_durably).
+GROUP_SYNC_MAX_DIRTY_BYTES = 64 << 20
+#: Fewer files than this are committed one by one (two flushes per file is no worse than two syncfs).
+GROUP_SYNC_MIN_FILES = 3
+
+
+def write_all_durably(root: Path, files: list[tuple[Path, bytes | memoryview | Any]]) -> None:
+    """`write_durably` for several files at once (one segment: a file per event type, each in its own
+    partition directory): all are durable under their final names when this returns.
+
+    Why: one file at a time is two flushes per file (the file, then its directory), and a segment of a
+    short run has ~11 files in 11 directories, so 22 journal commits; two sweep workers committing at
+    once queued on them (~15 ms of waiting per 40k-bar run). Here, on Linux, the same protocol is
+    grouped: every temporary file is written, one `syncfs` makes their data durable, all are renamed,
+    a second `syncfs` makes the renames durable (measured: 1.2-2.4 ms per 11-file segment against
+    5.8-14.8 ms). `syncfs` flushes the whole file system, so it is used only when little else is waiting
+    to be written (/proc/meminfo Dirty + Writeback under GROUP_SYNC_MAX_DIRTY_BYTES), and only on
+    kernels >= 5.8, which report write-back errors through it; otherwise files are committed one by one.
+    """
+    syncfs = _group_sync() if len(files) >= GROUP_SYNC_MIN_FILES else None
+    if syncfs is None:
+        for final, data in files:
+            write_durably(final, data)
+        return
+    staged = [(_write_tmp(final, data, sync=False), final) for final, data in files]
+    syncfs(root)
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    syncfs(root)
+
+
+def _group_sync() -> Any:
+    """`syncfs(path)` when group commit is safe and worthwhile now, else None."""
+    if _SYNCFS is None:
+        return None
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            info = f.read()
+    except OSError:
+        return None
+    waiting = 0
+    for line in info.splitlines():
+        if line.startswith((b"Dirty:", b"Writeback:")):
+            waiting += int(line.split()[1]) * 1024
+    return _SYNCFS if waiting < GROUP_SYNC_MAX_DIRTY_BYTES else None
+
+
+def _load_syncfs() -> Any:
+    import ctypes
+    import platform
+    import sys
+
+    if sys.platform != "linux":
+        return None
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < (5, 8):  # older kernels do not report write-back errors through syncfs
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "syncfs"):
+        return None
+    call = libc.syncfs
+
+    def syncfs(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if call(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs failed: {os.strerror(err)}", str(path))
+        finally:
+            os.close(fd)
+
+    return syncfs
+
+
+_SYNCFS = _load_syncfs()
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:

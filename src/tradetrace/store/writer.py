@@ -128,16 +128,19 @@ class SegmentWriter:
             return 0
         files: dict[str, str] = {}
         stored: dict[str, int] = {}
+        written = []
         for t, parts in sorted(self.pending.items()):
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             d = layout.type_dir(self.root, self.date, t.name)
             layout.make_dirs(d)
             final = d / layout.segment_name(self.run_id, self.segment)
-            layout.write_durably(final, codec.parquet_bytes(table, t, self.compression))
+            written.append((final, codec.parquet_bytes(table, t, self.compression)))
             rel = str(final.relative_to(self.root))
             files[t.name] = rel
             stored[t.name] = table.num_rows
-            self.files.setdefault(t.name, []).append(rel)
+        layout.write_all_durably(self.root, written)
+        for name, rel in files.items():
+            self.files.setdefault(name, []).append(rel)
         assert self.lo is not None
         hi = self.lo + self.events - 1
         layout.append_journal(layout.journal_path(self.root, self.run_id), {
