@@ -1,10 +1,12 @@
-"""Build of the one C extension (the bus's hot path); everything else is in pyproject.toml."""
+"""Build of the C extensions (the bus's hot path, the store's price encoding); the rest is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension("tradetrace.events._hotbus", ["src/tradetrace/events/_hotbus.c"],
+                  extra_compile_args=["-O2", "-std=c11"]),
+        Extension("tradetrace.store._prices", ["src/tradetrace/store/_prices.c"],
                   extra_compile_args=["-O2", "-std=c11"]),
     ],
 )

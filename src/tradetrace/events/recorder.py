@@ -21,7 +21,7 @@ from tradetrace.events.types import (
     PAYLOAD_FIELDS,
     SCHEMA_VERSION,
     EventType,
-    event_schema,
+    recorded_schema,
 )
 
 if TYPE_CHECKING:
@@ -82,6 +82,18 @@ class Recorder(Protocol):
 
 
 _TS = pa.timestamp("ns", tz="UTC")
+
+
+def const_code(value: str, n: int) -> pa.DictionaryArray:
+    """A dictionary string column (DICT_STRING) of one repeated value: n zero codes, the value once."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
+
+
+def codes_of(codes: np.ndarray, strings: pa.Array) -> pa.DictionaryArray:
+    """int64 codes into `strings` (negative = null) as a dictionary column (DICT_STRING), no string copied."""
+    null = codes < 0
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=null if null.any() else None),
+                                          strings)
 
 
 def const_str(value: str, n: int) -> pa.Array:
@@ -145,8 +157,7 @@ def _payload_col(raw: bytes, typ: pa.DataType, strings: pa.Array) -> pa.Array:
         return pa.array(v.view(np.float64), mask=null if null.any() else None)
     if pa.types.is_integer(typ):
         return pa.array(v.astype(typ.to_pandas_dtype(), copy=False))
-    null = v < 0
-    return strings.take(pa.array(v, mask=null if null.any() else None))
+    return codes_of(v, strings)
 
 
 assert len(EventType) <= NTYPES
@@ -297,7 +308,7 @@ class EventBatch:
         rx_null = np.arange(n) >= m
         px_null = rx_null | ~self._processed_known(m, ends, n)
         strings = pa.array(log.strings, type=pa.string())
-        sources = strings.take(pa.array(np.frombuffer(log.source, dtype=np.int64)))
+        sources = codes_of(np.frombuffer(log.source, dtype=np.int64), strings)
         links = self._links(n)
         for t in np.unique(self._types).tolist():
             idx = np.flatnonzero(self._types == t)
@@ -305,9 +316,9 @@ class EventBatch:
             k = len(idx)
             pick = pa.array(idx)
             cols: list[Any] = [
-                const_str(self.correlation_id, k),
+                const_code(self.correlation_id, k),
                 pa.array(seq[idx]),
-                const_str(etype.name, k),
+                const_code(etype.name, k),
                 _ts(ts[idx]),
                 pa.array(cause[idx], mask=cause_null[idx]),
                 sources.take(pick),
@@ -322,7 +333,7 @@ class EventBatch:
             assert raw is not None, f"{etype.name} events without recorded payload columns"
             for (_, typ), col in zip(PAYLOAD_FIELDS[etype], raw, strict=True):
                 cols.append(_payload_col(col, typ, strings))
-            out[etype] = pa.Table.from_arrays(cols, schema=event_schema(etype))
+            out[etype] = pa.Table.from_arrays(cols, schema=recorded_schema(etype))
         return dict(sorted(out.items()))
 
     @staticmethod
@@ -368,15 +379,15 @@ class EventBatch:
             processed[idx] = self._wall(sampled[:, 2])
             emitted[idx] = received[idx]  # a bar is dispatched as the feed emits it: no queue
             mask[idx] = False
-        sym = pa.DictionaryArray.from_arrays(pa.array(market.symbol_idx[sl].astype(np.int32)),
-                                             pa.array(market.symbols)).cast(pa.string())
+        sym = pa.DictionaryArray.from_arrays(pa.array(market.symbol_idx[sl].astype(np.int32, copy=False)),
+                                             pa.array(market.symbols, pa.string()))
         cols = [
-            const_str(self.correlation_id, n),
+            const_code(self.correlation_id, n),
             pa.array(self.bar_seq),
-            const_str("BAR", n),
+            const_code("BAR", n),
             _ts(market.ts[sl]),
             pa.array(np.zeros(n, dtype=np.int64)),  # a BAR's cause is the run start (seq 0)
-            const_str("data", n),
+            const_code("data", n),
             em := _ts(emitted),  # created == emitted
             em,
             _ts(received, mask),
@@ -390,7 +401,7 @@ class EventBatch:
             pa.array(market.close[sl]),
             pa.array(market.volume[sl]),
         ]
-        return pa.Table.from_arrays(cols, schema=event_schema(EventType.BAR))
+        return pa.Table.from_arrays(cols, schema=recorded_schema(EventType.BAR))
 
 
 class MemoryRecorder:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tradetrace.events.types import COMMON_FIELDS, EventType, event_schema
+from tradetrace.events.types import COMMON_FIELDS, EventType, dict_type, event_schema
 from tradetrace.store import codec, layout
 
 
@@ -270,7 +270,7 @@ def merge_by_seq(parts: list[tuple[EventType, pa.Table]]) -> pa.Table:
     event schema's types (string, float64).
     """
     if not parts:
-        return pa.schema([pa.field(n, _merged_type(t)) for n, t in COMMON_FIELDS]).empty_table()
+        return pa.schema([pa.field(n, dict_type(t)) for n, t in COMMON_FIELDS]).empty_table()
     fields = _merged_fields(parts)
     if fields is None:  # the same column name with two types: let Arrow's promotion decide, slowly
         tabs = [codec.from_disk(_plain(p), t) for t, p in parts]
@@ -297,15 +297,10 @@ def merge_by_seq(parts: list[tuple[EventType, pa.Table]]) -> pa.Table:
 
         with ThreadPoolExecutor(max_workers=_WORKERS) as ex:
             arrays = list(ex.map(column, fields))
-    return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_type(_merged_type(f.type)) for f in fields]))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_type(dict_type(f.type)) for f in fields]))
 
 
 #: String columns of a merged (multi-type) table: dictionary-encoded (see `_scatter_strings`).
-DICT_STRING = pa.dictionary(pa.int32(), pa.string())
-
-
-def _merged_type(t: pa.DataType) -> pa.DataType:
-    return DICT_STRING if pa.types.is_string(t) else t
 
 
 _PARALLEL_ROWS = 200_000
@@ -434,7 +429,7 @@ def _fixed_dtype(t: pa.DataType) -> np.dtype | None:
 def _scatter(n: int, t: pa.DataType, sources: Sources, masks: _Masks) -> pa.Array:
     """One merged column: each source's values at its output positions, null where a part lacks it."""
     if all(c is None or c.null_count == len(c) for _, c in sources):
-        return pa.nulls(n, _merged_type(t))
+        return pa.nulls(n, dict_type(t))
     dt = _fixed_dtype(t)
     if dt is not None:
         return _scatter_fixed(n, t, dt, sources, masks)
@@ -470,14 +465,22 @@ def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) ->
         if not pa.types.is_dictionary(chunk.type):
             chunk = chunk.dictionary_encode()
         d = chunk.dictionary
-        chunks.append((p_pos, chunk.indices, d if d.type == t else d.cast(t)))
-    values = pc.unique(pa.concat_arrays([d for _, _, d in chunks]))
-    dictionary = values.take(pc.sort_indices(values))  # sorted: the same dictionary however the parts were cut
-    idx = np.zeros(n, dtype=np.int32)
-    for p_pos, codes, d in chunks:
-        to_merged = np.asarray(pc.index_in(d, value_set=dictionary), dtype=np.int32)
+        codes = chunk.indices
         c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
         c = c[codes.offset:codes.offset + len(codes)]
+        # A recorded chunk's dictionary is its batch's whole string list: keep the values its rows use, so
+        # the merged dictionary is the same however the events were written (segments or compacted).
+        used = np.zeros(len(d), dtype=bool)
+        used[c[np.asarray(codes.is_valid())] if codes.null_count else c] = True
+        if not used.all():
+            d = d.filter(pa.array(used))
+        chunks.append((p_pos, c, used, d if d.type == t else d.cast(t)))
+    values = pc.unique(pa.concat_arrays([d for *_, d in chunks]))
+    dictionary = values.take(pc.sort_indices(values))  # sorted: the same dictionary however the parts were cut
+    idx = np.zeros(n, dtype=np.int32)
+    for p_pos, c, used, d in chunks:
+        to_merged = np.zeros(len(used), dtype=np.int32)
+        to_merged[used] = np.asarray(pc.index_in(d, value_set=dictionary), dtype=np.int32)
         # clip: a null slot's code is unspecified (its row is masked by the validity bitmap anyway)
         idx[p_pos] = np.take(to_merged, c, mode="clip") if len(to_merged) > 1 else to_merged[0]
     bitmap, nulls = masks.validity(sources)

@@ -1,0 +1,38 @@
+"""BAR prices stored as DECIMAL(18,4): exact where the float is a 4-decimal price, float64 otherwise."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tradetrace.store import codec
+
+
+def _col(values: np.ndarray) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.array(values)])
+
+
+def test_four_decimal_prices_become_exact_decimals() -> None:
+    rng = np.random.default_rng(5)
+    x = np.round(np.concatenate([rng.random(50_000) * 500, -rng.random(1_000) * 5, [0.0, 1e-4, 9.99e12]]), 4)
+    arr = codec._as_decimal(_col(x))
+    assert arr is not None and arr.type == pa.decimal128(18, 4)
+    # Python's decimal module as the reference: each stored value is the float's shortest repr, exactly
+    sample = rng.choice(len(x), 2_000, replace=False)
+    for i, stored in zip(sample.tolist(), arr.take(pa.array(sample)).to_pylist(), strict=True):
+        assert stored == Decimal(repr(float(x[i]))).quantize(Decimal("0.0001"))
+    assert np.array_equal(codec.decimal_to_float(arr), x)
+
+
+@pytest.mark.parametrize("bad", [1.00001, np.nan, np.inf, -np.inf, 2e13])
+def test_a_price_that_is_not_a_four_decimal_value_keeps_the_column_float(bad: float) -> None:
+    x = np.array([100.25, 101.5, bad, 99.0])
+    assert codec._as_decimal(_col(x)) is None
+
+
+def test_empty_and_null_columns_stay_float() -> None:
+    assert codec._as_decimal(_col(np.zeros(0))) is None
+    assert codec._as_decimal(pa.chunked_array([pa.array([1.5, None])])) is None
