@@ -192,3 +192,19 @@ def test_run_regimes_are_the_labels_in_effect_at_most_bars(result: BacktestResul
                 counts[label] += 1
         assert len(counts) >= 2, (classifier, counts)  # the run lives through several regimes
         assert rec[col] == max(counts, key=lambda k: (counts[k], k)), (classifier, counts)
+
+
+def test_recorded_tables_and_merged_events_give_the_same_rows(result: BacktestResult) -> None:
+    """A sweep worker loads rows from its run's recorded per-type tables, whose string dictionaries are
+    each batch's whole string list; the merged events hold only the values used. Same rows either way, and
+    every latency row counts events that exist."""
+    from_tables = etl.records_from_events(result.recorder.tables(), meta())
+    from_events = etl.records_from_events(result.events(), meta())
+    for name in ("run", "trades", "latencies"):
+        assert getattr(from_tables, name).equals(getattr(from_events, name)), name
+    lat = from_tables.latencies.to_pylist()
+    assert all(r["event_count"] > 0 for r in lat)
+    per_type: dict[str, int] = {}
+    for r in lat:
+        per_type[r["event_type"]] = per_type.get(r["event_type"], 0) + r["event_count"]
+    assert per_type == result.counts

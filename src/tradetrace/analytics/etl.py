@@ -158,15 +158,29 @@ def _strings(table: pa.Table | None, name: str) -> list:
     return [] if table is None or table.num_rows == 0 else table.column(name).to_pylist()
 
 
-def _plain_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    return col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
+def _dict_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """A string column as (int64 code per row, -1 for null; the distinct values the codes point into).
+
+    Events hold strings dictionary-encoded (DICT_STRING), one dictionary per recorded chunk: unifying the
+    dictionaries reads each distinct value once, where decoding the column copied every row's string."""
+    if not pa.types.is_dictionary(col.type):
+        col = col.dictionary_encode()
+    col = col.unify_dictionaries()
+    if col.num_chunks == 0:
+        return np.zeros(0, dtype=np.int64), []
+    names = col.chunk(0).dictionary.to_pylist()
+    codes = [np.asarray(ch.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64) for ch in col.chunks]
+    return (codes[0] if len(codes) == 1 else np.concatenate(codes)), names
 
 
 def _distinct(table: pa.Table | None, name: str) -> list:
     """A string column's distinct values, in order of first appearance."""
     if table is None or table.num_rows == 0:
         return []
-    return pc.unique(_plain_strings(table.column(name))).to_pylist()
+    codes, names = _dict_codes(table.column(name))
+    present, first = np.unique(codes, return_index=True)
+    keep = present >= 0
+    return [names[c] for c in present[keep][np.argsort(first[keep], kind="stable")].tolist()]
 
 
 def _codes(table: pa.Table | None, name: str, values: list[str]) -> np.ndarray:
@@ -174,8 +188,10 @@ def _codes(table: pa.Table | None, name: str, values: list[str]) -> np.ndarray:
     of BARs and a Python loop per row was most of a sweep run's analytics time."""
     if table is None or table.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
-    idx = pc.index_in(_plain_strings(table.column(name)), value_set=pa.array(values, pa.string()))
-    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes, names = _dict_codes(table.column(name))
+    where = {v: k for k, v in enumerate(values)}
+    to_values = np.array([where.get(n, -1) for n in names] + [-1], dtype=np.int64)  # last: null (-1)
+    return to_values[codes]
 
 
 def _lookup(sorted_seqs: np.ndarray, seqs: np.ndarray) -> np.ndarray:
@@ -469,15 +485,14 @@ def _latencies(cid: str, tabs: Mapping[EventType, pa.Table], start: pa.Table) ->
     for t, tab in sorted(tabs.items()):
         if tab.num_rows == 0:
             continue
-        src = _plain_strings(tab.column("source_container")).combine_chunks().dictionary_encode()
-        codes = np.asarray(src.indices.to_numpy(zero_copy_only=False))
-        names = src.dictionary.to_pylist()
+        codes, names = _dict_codes(tab.column("source_container"))
         emitted = _np(tab, "emitted_at", np.int64)
         rx_null = np.asarray(tab.column("received_at").is_null().to_numpy(zero_copy_only=False))
         px_null = np.asarray(tab.column("processed_at").is_null().to_numpy(zero_copy_only=False))
         received = tab.column("received_at").cast(pa.int64()).fill_null(0).to_numpy()
         processed = tab.column("processed_at").cast(pa.int64()).fill_null(0).to_numpy()
-        for j in sorted(range(len(names)), key=names.__getitem__):
+        present = np.bincount(codes[codes >= 0], minlength=len(names)) > 0  # a dictionary may hold unused values
+        for j in sorted(np.flatnonzero(present).tolist(), key=names.__getitem__):
             m = codes == j
             ok = m & ~rx_null & ~px_null
             total = (processed[ok] - emitted[ok]) / 1e3
