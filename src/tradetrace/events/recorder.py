@@ -90,8 +90,18 @@ def const_code(value: str, n: int) -> pa.DictionaryArray:
 
 
 def codes_of(codes: np.ndarray, strings: pa.Array) -> pa.DictionaryArray:
-    """int64 codes into `strings` (negative = null) as a dictionary column (DICT_STRING), no string copied."""
+    """int64 codes into `strings` (negative = null) as a dictionary column (DICT_STRING), no string copied.
+
+    The dictionary keeps only the values this column uses (`strings` is a whole batch's list: sources,
+    symbols, sides, reasons...): a stored column's dictionary is then the same however the run was cut
+    into batches, and readers merging files need not filter (measured: that cost a 1M-event load ~25 ms).
+    """
     null = codes < 0
+    used = np.bincount(codes[~null] if null.any() else codes, minlength=len(strings)) > 0
+    if not used.all():
+        remap = (np.cumsum(used) - 1).astype(np.int64)
+        codes = remap[np.where(null, 0, codes)]
+        strings = strings.filter(pa.array(used))
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=null if null.any() else None),
                                           strings)
 

@@ -465,22 +465,14 @@ def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) ->
         if not pa.types.is_dictionary(chunk.type):
             chunk = chunk.dictionary_encode()
         d = chunk.dictionary
-        codes = chunk.indices
-        c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
-        c = c[codes.offset:codes.offset + len(codes)]
-        # A recorded chunk's dictionary is its batch's whole string list: keep the values its rows use, so
-        # the merged dictionary is the same however the events were written (segments or compacted).
-        used = np.zeros(len(d), dtype=bool)
-        used[c[np.asarray(codes.is_valid())] if codes.null_count else c] = True
-        if not used.all():
-            d = d.filter(pa.array(used))
-        chunks.append((p_pos, c, used, d if d.type == t else d.cast(t)))
-    values = pc.unique(pa.concat_arrays([d for *_, d in chunks]))
+        chunks.append((p_pos, chunk.indices, d if d.type == t else d.cast(t)))
+    values = pc.unique(pa.concat_arrays([d for _, _, d in chunks]))
     dictionary = values.take(pc.sort_indices(values))  # sorted: the same dictionary however the parts were cut
     idx = np.zeros(n, dtype=np.int32)
-    for p_pos, c, used, d in chunks:
-        to_merged = np.zeros(len(used), dtype=np.int32)
-        to_merged[used] = np.asarray(pc.index_in(d, value_set=dictionary), dtype=np.int32)
+    for p_pos, codes, d in chunks:
+        to_merged = np.asarray(pc.index_in(d, value_set=dictionary), dtype=np.int32)
+        c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
+        c = c[codes.offset:codes.offset + len(codes)]
         # clip: a null slot's code is unspecified (its row is masked by the validity bitmap anyway)
         idx[p_pos] = np.take(to_merged, c, mode="clip") if len(to_merged) > 1 else to_merged[0]
     bitmap, nulls = masks.validity(sources)
