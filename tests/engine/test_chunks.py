@@ -21,3 +21,9 @@ def test_chunks_cover_every_row_once_and_taper(n: int, chunk: int) -> None:
 def test_reference_run_chunks() -> None:
     b = chunk_bounds(1_000_000, 65_536)
     assert b[0] == (0, 65_536) and b[-1] == (998_940, 1_000_000) and len(b) == 20
+
+
+@given(st.integers(1, 70_000).flatmap(lambda chunk: st.tuples(st.integers(1, chunk), st.just(chunk))))
+def test_a_run_of_at_most_one_chunk_is_one_batch(n_chunk: tuple[int, int]) -> None:
+    n, chunk = n_chunk
+    assert chunk_bounds(n, chunk) == [(0, n)]

@@ -77,8 +77,12 @@ def chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
 
     Why taper: a run ends only when its last events are durable, and the store's writer persists a batch
     after the bars that made it have run. Small final batches leave little for the writer to do after
-    the last bar, while full-size batches elsewhere keep the per-batch costs low.
+    the last bar, while full-size batches elsewhere keep the per-batch costs low. A run of at most one
+    chunk is one batch: tapering it bought nothing (it is less than a segment, written when the run
+    ends) and each batch has fixed costs (a 40k-bar sweep run: writer 33 -> 23 ms of CPU as one batch).
     """
+    if n <= chunk:
+        return [(0, n)] if n > 0 else []
     out = []
     start = 0
     floor = max(1, chunk // 16)
