@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup demo test test-fast lint bench clean
 
-$(VENV)/.installed: pyproject.toml setup.py src/tradetrace/events/_hotbus.c src/tradetrace/store/_prices.c
+$(VENV)/.installed: pyproject.toml setup.py src/tradetrace/events/_hotbus.c src/tradetrace/store/_prices.c \
+		src/tradetrace/engine/_regimes.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,postgres,ray]"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tradetrace import run_backtest
 from tradetrace.engine import synthetic
@@ -94,6 +96,59 @@ def test_min_dwell_by_hand() -> None:
     # The first reading sets the regime at once; "high" becomes the regime only after 3 bars in a row
     # (rows 4, 5, 6 -> at row 6); the single "low" at row 8 is not confirmed.
     assert regime.tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 2]
+
+
+def _reference_hysteresis(value, lower, upper, margin: float, min_dwell: int) -> tuple[list[int], list[int]]:
+    """The rules of `hysteresis_labels`, as a plain Python loop (the C pass must give exactly this)."""
+    reading, regime = [], []
+    r = g = -1
+    run = 0
+    for v, lo, up in zip(value.tolist(), lower.tolist(), upper.tolist(), strict=True):
+        if v != v or lo != lo or up != up:
+            reading.append(r)
+            regime.append(g)
+            continue
+        if r == -1:
+            new = 0 if v < lo else (2 if v > up else 1)
+        elif r == 2:
+            new = 2 if v >= up * (1 - margin) else (0 if v < lo * (1 - margin) else 1)
+        elif r == 0:
+            new = 0 if v <= lo * (1 + margin) else (2 if v > up * (1 + margin) else 1)
+        else:
+            new = 2 if v > up * (1 + margin) else (0 if v < lo * (1 - margin) else 1)
+        if new == r:
+            run += 1
+        else:
+            r, run = new, 1
+        if g == -1 or (r != g and run >= min_dwell):
+            g = r
+        reading.append(r)
+        regime.append(g)
+    return reading, regime
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.05, 0.2]), st.integers(1, 6))
+def test_hysteresis_matches_the_reference_loop(n: int, seed: int, margin: float, dwell: int) -> None:
+    rng = np.random.default_rng(seed)
+    v = np.cumsum(rng.normal(size=n)) * 3 + 15
+    lo = 10 + rng.normal(size=n)
+    up = 20 + rng.normal(size=n)
+    for a in (v, lo, up):  # unknown values and band edges (warm-up, gaps)
+        a[rng.random(n) < 0.05] = np.nan
+    reading, regime = hysteresis_labels(v, lo, up, margin, dwell)
+    assert (reading.tolist(), regime.tolist()) == _reference_hysteresis(v, lo, up, margin, dwell)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([0.0, 0.05, 0.2]), st.integers(1, 4), st.data())
+def test_hysteresis_on_band_edges_matches_the_reference_loop(margin: float, dwell: int, data: st.DataObject) -> None:
+    """Values exactly on the edges and their margins, where `>` against `>=` decides."""
+    edges = [10 * (1 - margin), 10, 10 * (1 + margin), 15, 20 * (1 - margin), 20, 20 * (1 + margin), 5, 25]
+    v = np.array(data.draw(st.lists(st.sampled_from(edges), min_size=1, max_size=60)))
+    lo, up = np.full(len(v), 10.0), np.full(len(v), 20.0)
+    reading, regime = hysteresis_labels(v, lo, up, margin, dwell)
+    assert (reading.tolist(), regime.tolist()) == _reference_hysteresis(v, lo, up, margin, dwell)
 
 
 def test_unknown_readings_keep_the_last_label() -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tradetrace.config import ClassifierConfig
+from tradetrace.engine import _regimes
 from tradetrace.engine.data import MarketData
 from tradetrace.events.bus import TracedEventBus
 from tradetrace.events.types import EventType
@@ -35,40 +36,12 @@ def hysteresis_labels(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, m
     """Band readings (0/1/2 or -1 unknown) and confirmed regimes, both causal.
 
     The reading leaves its current band only when the value clears the band edge by `margin`
-    (relative); the regime takes a new reading only after it has held for `min_dwell` bars.
+    (relative); the regime takes a new reading only after it has held for `min_dwell` bars. One
+    sequential pass in C (`_regimes.c`, rules there); tests check it against a Python loop.
     """
-    n = len(value)
-    reading = np.full(n, -1, dtype=np.int8)
-    regime = np.full(n, -1, dtype=np.int8)
-    r = -1
-    g = -1
-    run = 0
-    # memoryviews: Python floats per index without copying three columns into lists (long runs)
-    vals, los, ups = (memoryview(np.ascontiguousarray(a, dtype=np.float64)) for a in (value, lower, upper))
-    for i in range(n):
-        v, lo, up = vals[i], los[i], ups[i]
-        if v != v or lo != lo or up != up:
-            reading[i] = r
-            regime[i] = g
-            continue
-        if r == -1:
-            new = 0 if v < lo else (2 if v > up else 1)
-        elif r == 2:
-            new = 2 if v >= up * (1 - margin) else (0 if v < lo * (1 - margin) else 1)
-        elif r == 0:
-            new = 0 if v <= lo * (1 + margin) else (2 if v > up * (1 + margin) else 1)
-        else:
-            new = 2 if v > up * (1 + margin) else (0 if v < lo * (1 - margin) else 1)
-        if new == r:
-            run += 1
-        else:
-            r = new
-            run = 1
-        if g == -1 or (r != g and run >= min_dwell):
-            g = r
-        reading[i] = r
-        regime[i] = g
-    return reading, regime
+    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (value, lower, upper)]
+    reading, regime = _regimes.hysteresis(*arrays, float(margin), int(min_dwell))
+    return np.frombuffer(reading, dtype=np.int8), np.frombuffer(regime, dtype=np.int8)
 
 
 def _reading(cfg: ClassifierConfig, md: MarketData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
