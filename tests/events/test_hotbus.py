@@ -89,6 +89,12 @@ def test_bad_payload_raises_naming_type_and_field_and_records_nothing() -> None:
         bus.publish(EventType.SIGNAL, "strategy", (7, 1, 1.0, ""))
     with pytest.raises(TypeError, match="source must be a container name"):
         bus.publish(EventType.SIGNAL, None, ("S", 1, 1.0, ""))
+    with pytest.raises(TypeError, match=r"links must be a list of event seqs \(int\), got \['x'\]"):
+        bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, ""), links=["x"])
+    with pytest.raises(TypeError, match="links must be a list of event seqs"):
+        bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, ""), links=3)
+    with pytest.raises(TypeError, match="out of int64 range"):
+        bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, ""), links=[2**70])
     assert bus._logged == 0 and bus._queued == 0 and bus.published == 0
     untraced = TracedEventBus("run", traced=False)  # nothing is recorded, so nothing is checked
     assert untraced.publish(EventType.SIGNAL, "strategy", ("S", 1)).payload == ("S", 1)
@@ -139,3 +145,21 @@ def test_handler_error_leaves_the_failing_event_current_and_the_queue_for_settle
     bus.settle()
     assert bus.current is None and bus._queued == 0
     assert bus.counts == {"SIGNAL": 2}
+
+
+def test_links_round_trip_in_event_order() -> None:
+    """Links are recorded as flat (event, link) pairs: several per event, none, a BAR by ~row, tuples too."""
+    def on_bar(bus, i):
+        if i == 2:
+            bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, "a"), links=[~1, ~0])
+            bus.publish(EventType.SIGNAL, "strategy", ("S", -1, 1.0, "b"))
+            bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, "c"), links=(~2,))
+        if i == 4:
+            bus.publish(EventType.SIGNAL, "strategy", ("S", 0, 1.0, "d"), links=[])
+
+    tabs, _, _ = recorded_run(6, on_bar, chunk=3)
+    sig = tabs[EventType.SIGNAL].to_pydict()
+    bar_seq = dict(zip(tabs[EventType.BAR].column("seq").to_pylist(), range(6), strict=True))
+    rows = {v: k for k, v in bar_seq.items()}  # market row -> BAR seq
+    assert sig["reason"] == ["a", "b", "c", "d"]
+    assert sig["links"] == [[rows[1], rows[0]], None, [rows[2]], None]  # an empty list records no link

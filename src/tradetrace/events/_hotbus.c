@@ -10,7 +10,7 @@
  * The semantics are those of the module docstring of bus.py; this file only makes them cheap:
  * - publish: seq = row + 1 + non-BAR events so far; cause = the event being dispatched, else ~row
  *   (the BAR of the current row, resolved at flush); traced: row<<4|type, cause and the publish clock
- *   go to int64 buffers, source and payload to lists, links (sparse) as (index, links).
+ *   go to int64 buffers, source and payload to lists, links (sparse) as flat (index, link) pairs.
  * - drain: FIFO, including events published meanwhile; traced: the dispatch clock of each event, and
  *   (index of the last event, clock) when a drain ends. A handler's exception propagates with the
  *   queue and the current event left as they were (the coordinator settles and records the ERROR).
@@ -191,7 +191,7 @@ typedef struct {
     PyObject *scache_key[SCACHE]; /* direct-mapped cache of strdict by object identity (borrowed: the */
     int64_t scache_code[SCACHE];  /* strings list keeps them alive); most strings are the same objects */
     PyObject *strings;         /* code -> str */
-    PyObject *links;           /* (index in chunk, links), sparse */
+    I64Buf link_idx, link_val; /* links, flat: (index in chunk of the event, one link of it) */
 } BusObject;
 
 static PyObject *str_cause, *str_links;
@@ -254,8 +254,7 @@ static int Bus_init(BusObject *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->bar_handlers, PyList_New(0));
     Py_XSETREF(self->strdict, PyDict_New());
     Py_XSETREF(self->strings, PyList_New(0));
-    Py_XSETREF(self->links, PyList_New(0));
-    if (!self->bar_handlers || !self->strdict || !self->strings || !self->links)
+    if (!self->bar_handlers || !self->strdict || !self->strings)
         return -1;
     self->traced = traced;
     self->bar_clock_every = every;
@@ -283,7 +282,6 @@ static int Bus_traverse(BusObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->schema);
     Py_VISIT(self->strdict);
     Py_VISIT(self->strings);
-    Py_VISIT(self->links);
     return 0;
 }
 
@@ -295,7 +293,6 @@ static int Bus_clear(BusObject *self) {
     Py_CLEAR(self->schema);
     Py_CLEAR(self->strdict);
     Py_CLEAR(self->strings);
-    Py_CLEAR(self->links);
     return 0;
 }
 
@@ -311,6 +308,8 @@ static void Bus_dealloc(BusObject *self) {
     buf_free(&self->drain_ends);
     buf_free(&self->bar_rx);
     buf_free(&self->source);
+    buf_free(&self->link_idx);
+    buf_free(&self->link_val);
     for (int t = 0; t < NTYPES; t++)
         for (int f = 0; f < MAXF; f++)
             buf_free(&self->cols[t][f]);
@@ -450,6 +449,28 @@ static int encode_payload(BusObject *self, int t, PyObject *payload, int64_t *va
     return 0;
 }
 
+/* links: a list or tuple of ints (seqs, or ~row for a BAR); 0 if so, else -1 with a TypeError. */
+static int check_links(PyObject *links) {
+    if (!PyList_Check(links) && !PyTuple_Check(links)) {
+        PyErr_Format(PyExc_TypeError, "publish: links must be a list of event seqs (int), got %.200R", links);
+        return -1;
+    }
+    const Py_ssize_t k = PySequence_Fast_GET_SIZE(links);
+    PyObject **items = PySequence_Fast_ITEMS(links);
+    for (Py_ssize_t j = 0; j < k; j++) {
+        if (!PyLong_Check(items[j])) {
+            PyErr_Format(PyExc_TypeError, "publish: links must be a list of event seqs (int), got %.200R", links);
+            return -1;
+        }
+        if (PyLong_AsLongLong(items[j]) == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "publish: link %R is out of int64 range", items[j]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* publish(event_type, source, payload, cause=None, links=None) -> Event. Hot path. */
 static PyObject *Bus_publish(BusObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *a_cause = NULL, *a_links = NULL;
@@ -503,6 +524,8 @@ static PyObject *Bus_publish(BusObject *self, PyObject *const *args, Py_ssize_t 
                 PyErr_Format(PyExc_TypeError, "publish: source must be a container name (str), got %.200R", args[1]);
             return NULL;
         }
+        if (a_links != NULL && check_links(a_links) < 0)
+            return NULL;
     }
     long long row = self->cur_bar;
     EventObject *ev = (EventObject *)self->event_cls->tp_alloc(self->event_cls, 0);
@@ -527,16 +550,16 @@ static PyObject *Bus_publish(BusObject *self, PyObject *const *args, Py_ssize_t 
             Py_DECREF(ev);
             return NULL;
         }
-        if (a_links != NULL) {
-            PyObject *idx = PyLong_FromSsize_t(self->rt.n - 1); /* not Py_BuildValue: ~500 instructions */
-            PyObject *pair = idx != NULL ? PyTuple_Pack(2, idx, a_links) : NULL;
-            Py_XDECREF(idx);
-            if (pair == NULL || PyList_Append(self->links, pair) < 0) {
-                Py_XDECREF(pair);
-                Py_DECREF(ev);
-                return NULL;
+        if (a_links != NULL) { /* flat pairs, not a Python tuple per event: no allocation (checked above) */
+            const Py_ssize_t k = PySequence_Fast_GET_SIZE(a_links);
+            PyObject **items = PySequence_Fast_ITEMS(a_links);
+            for (Py_ssize_t j = 0; j < k; j++) {
+                if (buf_push(&self->link_idx, self->rt.n - 1) < 0 ||
+                    buf_push(&self->link_val, PyLong_AsLongLong(items[j])) < 0) {
+                    Py_DECREF(ev);
+                    return NULL;
+                }
             }
-            Py_DECREF(pair);
         }
     }
     if (queue_push(self, (PyObject *)ev) < 0) {
@@ -640,13 +663,14 @@ fail:
 
 /* _take_log() -> (rt, cause, emitted, source, payload, links, received, drain_ends, strings); starts a new
  * log. int64 columns as bytes; source as string codes; payload: per type value, None or a tuple of one
- * bytes column per field (float64 bits, int64, or int64 string codes, -1 for None); strings: the
- * chunk's string dictionary (code -> str). */
+ * bytes column per field (float64 bits, int64, or int64 string codes, -1 for None); links: (event
+ * indexes, links) as two int64 bytes columns, one pair per link; strings: the chunk's string dictionary
+ * (code -> str). */
 static PyObject *Bus_take_log(BusObject *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *payload = PyList_New(NTYPES);
-    PyObject *dict = PyDict_New(), *strings = PyList_New(0), *links = PyList_New(0);
+    PyObject *dict = PyDict_New(), *strings = PyList_New(0);
     PyObject *out = NULL;
-    if (!payload || !dict || !strings || !links)
+    if (!payload || !dict || !strings)
         goto done;
     for (Py_ssize_t t = 0; t < NTYPES; t++) {
         const int nf = self->nfields[t];
@@ -665,20 +689,18 @@ static PyObject *Bus_take_log(BusObject *self, PyObject *Py_UNUSED(ignored)) {
             PyTuple_SET_ITEM(cols, f, b);
         }
     }
-    out = Py_BuildValue("(NNNNONNNO)", buf_take(&self->rt), buf_take(&self->cause), buf_take(&self->emitted),
-                        buf_take(&self->source), payload, Py_NewRef(self->links), buf_take(&self->received),
-                        buf_take(&self->drain_ends), self->strings);
+    out = Py_BuildValue("(NNNNO(NN)NNO)", buf_take(&self->rt), buf_take(&self->cause), buf_take(&self->emitted),
+                        buf_take(&self->source), payload, buf_take(&self->link_idx), buf_take(&self->link_val),
+                        buf_take(&self->received), buf_take(&self->drain_ends), self->strings);
     if (out == NULL)
         goto done;
     memset(self->scache_key, 0, sizeof(self->scache_key)); /* codes are per chunk */
     Py_SETREF(self->strdict, Py_NewRef(dict));
     Py_SETREF(self->strings, Py_NewRef(strings));
-    Py_SETREF(self->links, Py_NewRef(links));
 done:
     Py_XDECREF(payload);
     Py_XDECREF(dict);
     Py_XDECREF(strings);
-    Py_XDECREF(links);
     return out;
 }
 

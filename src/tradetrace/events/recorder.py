@@ -143,14 +143,14 @@ class ChunkLog:
 
     def __init__(self, rt: bytes = b"", cause: bytes = b"", emitted: bytes = b"", source: bytes = b"",
                  payload: list[tuple[bytes, ...] | None] | None = None,
-                 links: list[tuple[int, list[int]]] | None = None, received: bytes = b"", drain_ends: bytes = b"",
+                 links: tuple[bytes, bytes] = (b"", b""), received: bytes = b"", drain_ends: bytes = b"",
                  strings: list[str] | None = None) -> None:
         self.rt = rt  # row << 4 | event type
         self.cause = cause  # seq, ~row for a BAR, NO_CAUSE
         self.emitted = emitted  # monotonic ns at publish
         self.source = source  # codes into strings
         self.payload: list[tuple[bytes, ...] | None] = payload if payload is not None else [None] * NTYPES
-        self.links: list[tuple[int, list[int]]] = links if links is not None else []  # (index in chunk, links)
+        self.links = links  # flat pairs: (index in chunk of the event, one of its links), int64 bytes each
         self.received = received  # monotonic ns at dispatch
         self.drain_ends = drain_ends  # flat (index of a drain's last event, monotonic ns)
         self.strings: list[str] = strings if strings is not None else []
@@ -361,18 +361,14 @@ class EventBatch:
         return known
 
     def _links(self, n: int) -> pa.Array:
-        if not self.log.links:
+        """Each event's links as a list column (null where it has none); pairs arrive in event order."""
+        idx = np.frombuffer(self.log.links[0], dtype=np.int64)
+        if not len(idx):
             return pa.nulls(n, type=pa.list_(pa.int64()))
-        sizes = np.zeros(n, dtype=np.int32)
-        has = np.zeros(n, dtype=bool)
-        flat: list[int] = []
-        for i, lk in self.log.links:
-            sizes[i] = len(lk)
-            has[i] = True
-            flat.extend(lk)
-        values, _ = self._resolve(np.array(flat, dtype=np.int64))
+        values, _ = self._resolve(np.frombuffer(self.log.links[1], dtype=np.int64))
+        sizes = np.bincount(idx, minlength=n)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~has))
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(sizes == 0))
 
     def _bar_table(self, market: MarketWindow) -> pa.Table:
         b = self.bars
