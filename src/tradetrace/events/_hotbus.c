@@ -57,23 +57,48 @@ typedef struct {
     Py_ssize_t n, cap;
 } I64Buf;
 
-static int buf_grow(I64Buf *b) {
-    Py_ssize_t cap = b->cap ? b->cap * 2 : 4096;
+/* Cold and out of line: the hot path's code stays small. */
+static __attribute__((cold, noinline)) int64_t *buf_grow_for(I64Buf *b, Py_ssize_t k) {
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + k)
+        cap *= 2;
     int64_t *d = PyMem_Realloc(b->d, (size_t)cap * sizeof(int64_t));
     if (d == NULL) {
         PyErr_NoMemory();
-        return -1;
+        return NULL;
     }
     b->d = d;
     b->cap = cap;
-    return 0;
+    return d + b->n;
+}
+
+/* Room for k more values at the returned pointer (not yet counted: the caller adds k to n). */
+static inline int64_t *buf_reserve(I64Buf *b, Py_ssize_t k) {
+    if (__builtin_expect(b->n + k > b->cap, 0))
+        return buf_grow_for(b, k);
+    return b->d + b->n;
 }
 
 static inline int buf_push(I64Buf *b, int64_t v) {
-    if (b->n == b->cap && buf_grow(b) < 0)
+    int64_t *p = buf_reserve(b, 1);
+    if (p == NULL)
         return -1;
-    b->d[b->n++] = v;
+    *p = v;
+    b->n++;
     return 0;
+}
+
+/* Field k of a row-major buffer of `stride` values per row, as bytes (one int64 column). */
+static PyObject *buf_column(const I64Buf *b, int stride, int k) {
+    const Py_ssize_t n = b->n / stride;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (out == NULL)
+        return NULL;
+    int64_t *o = (int64_t *)PyBytes_AS_STRING(out);
+    const int64_t *d = b->d + k;
+    for (Py_ssize_t i = 0; i < n; i++)
+        o[i] = d[i * stride];
+    return out;
 }
 
 /* The buffer's contents as bytes; empties it (keeping its capacity). */
@@ -185,8 +210,11 @@ typedef struct {
     char kinds[NTYPES][MAXF];
     PyObject *schema;
     /* traced recording of the current chunk */
-    I64Buf rt, cause, emitted, received, drain_ends, bar_rx, source;
-    I64Buf cols[NTYPES][MAXF]; /* payload columns per type: float bits, integers, string codes */
+    /* Row-major while recording (one capacity check and one contiguous write per event and buffer, where
+       a buffer per column cost a check and a cache-line stream each), columns when taken. */
+    I64Buf common;       /* per non-BAR event: row<<4|type, cause, publish clock, source code */
+    I64Buf rows[NTYPES]; /* per type: nfields[t] payload words per event (float bits, integer, string code) */
+    I64Buf received, drain_ends, bar_rx;
     PyObject *strdict;         /* str -> code, this chunk's string dictionary (sources and payloads) */
     PyObject *scache_key[SCACHE]; /* direct-mapped cache of strdict by object identity (borrowed: the */
     int64_t scache_code[SCACHE];  /* strings list keeps them alive); most strings are the same objects */
@@ -301,18 +329,14 @@ static void Bus_dealloc(BusObject *self) {
     PyObject_GC_UnTrack(self);
     Bus_clear(self);
     PyMem_Free(self->q);
-    buf_free(&self->rt);
-    buf_free(&self->cause);
-    buf_free(&self->emitted);
+    buf_free(&self->common);
     buf_free(&self->received);
     buf_free(&self->drain_ends);
     buf_free(&self->bar_rx);
-    buf_free(&self->source);
     buf_free(&self->link_idx);
     buf_free(&self->link_val);
     for (int t = 0; t < NTYPES; t++)
-        for (int f = 0; f < MAXF; f++)
-            buf_free(&self->cols[t][f]);
+        buf_free(&self->rows[t]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -364,7 +388,8 @@ static int64_t str_code(BusObject *self, PyObject *s) {
     return code;
 }
 
-static void field_error(BusObject *self, int t, int f, const char *expected, PyObject *x) {
+static __attribute__((cold, noinline)) void field_error(BusObject *self, int t, int f, const char *expected,
+                                                         PyObject *x) {
     PyObject *e = PyTuple_GET_ITEM(self->schema, t);
     PyErr_Format(PyExc_TypeError, "%U payload field %R: expected %s, got %.200R", PyTuple_GET_ITEM(e, 0),
                  PyTuple_GET_ITEM(PyTuple_GET_ITEM(e, 2), f), expected, x);
@@ -539,22 +564,28 @@ static PyObject *Bus_publish(BusObject *self, PyObject *const *args, Py_ssize_t 
     ev->payload = Py_NewRef(args[2]);
     ev->links = a_links != NULL ? Py_NewRef(a_links) : NULL;
     if (self->traced) {
-        for (int f = 0; f < self->nfields[t]; f++) {
-            if (buf_push(&self->cols[t][f], vals[f]) < 0) {
-                Py_DECREF(ev);
-                return NULL;
-            }
-        }
-        if (buf_push(&self->rt, (int64_t)((uint64_t)row << 4) | t) < 0 || buf_push(&self->cause, cause) < 0 ||
-            buf_push(&self->emitted, ticks()) < 0 || buf_push(&self->source, src) < 0) {
+        /* reserved only now: nothing above may run code that records (and moves the buffers) meanwhile */
+        const int nf = self->nfields[t];
+        int64_t *rec = buf_reserve(&self->common, 4);
+        int64_t *pv = nf > 0 ? buf_reserve(&self->rows[t], nf) : rec;
+        if (rec == NULL || pv == NULL) {
             Py_DECREF(ev);
             return NULL;
         }
+        if (nf > 0) {
+            memcpy(pv, vals, (size_t)nf * sizeof(int64_t));
+            self->rows[t].n += nf;
+        }
+        rec[0] = (int64_t)((uint64_t)row << 4) | t;
+        rec[1] = cause;
+        rec[2] = ticks();
+        rec[3] = src;
+        self->common.n += 4;
         if (a_links != NULL) { /* flat pairs, not a Python tuple per event: no allocation (checked above) */
             const Py_ssize_t k = PySequence_Fast_GET_SIZE(a_links);
             PyObject **items = PySequence_Fast_ITEMS(a_links);
             for (Py_ssize_t j = 0; j < k; j++) {
-                if (buf_push(&self->link_idx, self->rt.n - 1) < 0 ||
+                if (buf_push(&self->link_idx, self->common.n / 4 - 1) < 0 ||
                     buf_push(&self->link_val, PyLong_AsLongLong(items[j])) < 0) {
                     Py_DECREF(ev);
                     return NULL;
@@ -674,7 +705,7 @@ static PyObject *Bus_take_log(BusObject *self, PyObject *Py_UNUSED(ignored)) {
         goto done;
     for (Py_ssize_t t = 0; t < NTYPES; t++) {
         const int nf = self->nfields[t];
-        if (nf <= 0 || self->cols[t][0].n == 0) {
+        if (nf <= 0 || self->rows[t].n == 0) {
             PyList_SET_ITEM(payload, t, Py_NewRef(Py_None));
             continue;
         }
@@ -683,17 +714,21 @@ static PyObject *Bus_take_log(BusObject *self, PyObject *Py_UNUSED(ignored)) {
             goto done;
         PyList_SET_ITEM(payload, t, cols);
         for (int f = 0; f < nf; f++) {
-            PyObject *b = buf_take(&self->cols[t][f]);
+            PyObject *b = buf_column(&self->rows[t], nf, f);
             if (b == NULL)
                 goto done;
             PyTuple_SET_ITEM(cols, f, b);
         }
     }
-    out = Py_BuildValue("(NNNNO(NN)NNO)", buf_take(&self->rt), buf_take(&self->cause), buf_take(&self->emitted),
-                        buf_take(&self->source), payload, buf_take(&self->link_idx), buf_take(&self->link_val),
-                        buf_take(&self->received), buf_take(&self->drain_ends), self->strings);
+    out = Py_BuildValue("(NNNNO(NN)NNO)", buf_column(&self->common, 4, 0), buf_column(&self->common, 4, 1),
+                        buf_column(&self->common, 4, 2), buf_column(&self->common, 4, 3), payload,
+                        buf_take(&self->link_idx), buf_take(&self->link_val), buf_take(&self->received),
+                        buf_take(&self->drain_ends), self->strings);
     if (out == NULL)
         goto done;
+    self->common.n = 0;
+    for (int t = 0; t < NTYPES; t++)
+        self->rows[t].n = 0;
     memset(self->scache_key, 0, sizeof(self->scache_key)); /* codes are per chunk */
     Py_SETREF(self->strdict, Py_NewRef(dict));
     Py_SETREF(self->strings, Py_NewRef(strings));
@@ -709,7 +744,7 @@ static PyObject *Bus_take_bar_clocks(BusObject *self, PyObject *Py_UNUSED(ignore
 }
 
 static PyObject *Bus_log_rt(BusObject *self, PyObject *Py_UNUSED(ignored)) {
-    return PyBytes_FromStringAndSize((const char *)self->rt.d, self->rt.n * (Py_ssize_t)sizeof(int64_t));
+    return buf_column(&self->common, 4, 0);
 }
 
 static PyObject *Bus_clear_queue(BusObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -741,7 +776,7 @@ static PyObject *Bus_get_queued(BusObject *self, void *Py_UNUSED(closure)) {
 }
 
 static PyObject *Bus_get_logged(BusObject *self, void *Py_UNUSED(closure)) {
-    return PyLong_FromSsize_t(self->rt.n);
+    return PyLong_FromSsize_t(self->common.n / 4);
 }
 
 static PyMethodDef Bus_methods[] = {
