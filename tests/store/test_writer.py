@@ -171,6 +171,35 @@ def test_writer_process_is_fresh_and_shared_by_runs(store: EventStore) -> None:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()  # its parent is this process
 
 
+def test_fresh_writer_gets_each_data_set_once(store: EventStore) -> None:
+    """Runs over one data set send its rows to the fresh writer once; another data set is sent too; the
+    writer keeps the last MARKETS_KEPT, and a data set it dropped is sent again. Every run's events are
+    the same as in memory."""
+    from tradetrace.engine import synthetic
+
+    writer = service.service()
+    assert writer.ready(wait=True)
+    sets = [synthetic.generate(4_000, seed=s, freq="1min")[0] for s in (1, 2, 3)]
+
+    def run(md) -> None:
+        res = tt.run_backtest(run_config(bars=4_000), market=md)
+        assert res.recorder.writer_pid == writer.pid
+        mem = tt.run_backtest({**run_config(bars=4_000), "store": {"enabled": False}}, market=md)
+        assert store.load_events(res.run_id).drop_columns(["correlation_id"]).select(["seq", "symbol", "close"]) \
+            .equals(mem.events().drop_columns(["correlation_id"]).select(["seq", "symbol", "close"]))
+
+    sent = writer.markets_sent
+    run(sets[0])
+    run(sets[0])
+    assert writer.markets_sent == sent + 1  # once for two runs
+    run(sets[1])
+    run(sets[0])
+    assert writer.markets_sent == sent + 2  # both kept (MARKETS_KEPT = 2)
+    run(sets[2])  # drops the least recently used: sets[1]
+    run(sets[1])
+    assert writer.markets_sent == sent + 4
+
+
 FIRST_RUNS = """
 import os, sys, tradetrace as tt
 from tradetrace.store import service

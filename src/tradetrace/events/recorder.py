@@ -177,8 +177,8 @@ _TYPE_NAMES = [EventType(t).name if t < len(EventType) else "" for t in range(NT
 class MarketWindow(NamedTuple):
     """Rows [start, start + len(ts)) of the market columns that a batch's tables read.
 
-    A writer in another process receives this with each batch (a few MB per 65k bars) instead of
-    sharing the whole data set: see store/service.py for why it is not forked."""
+    A writer in another process receives the whole data set once (`whole`) and keeps it for the runs
+    that follow: see store/service.py for why it is not forked."""
 
     start: int
     symbols: list[str]
@@ -189,6 +189,12 @@ class MarketWindow(NamedTuple):
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
+
+    @classmethod
+    def whole(cls, market: MarketData) -> MarketWindow:
+        """Every row of `market` (views, no copy)."""
+        return cls(0, list(market.symbols), market.ts, market.symbol_idx, market.open, market.high, market.low,
+                   market.close, market.volume)
 
 
 class EventBatch:

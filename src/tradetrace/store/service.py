@@ -11,10 +11,13 @@ start-up); its second starts the fresh writer in the background (still writing t
 and every later run, once the fresh writer says it is ready, uses it: a process that runs many
 backtests pays neither cost per run. `for_run()` makes that choice.
 
-Transport (why): a batch is pickled (for the fresh writer together with the market rows its tables read,
-`EventBatch.window`; a fork reads the market data it inherited) straight into a shared-memory buffer
-(a memfd both processes map), and only the buffer's number crosses the socket, so handing a batch over
-is one memcpy that never waits for the writer. Buffers are reused:
+Transport (why): a batch is pickled straight into a shared-memory buffer (a memfd both processes map),
+and only the buffer's number crosses the socket, so handing a batch over is one memcpy that never waits
+for the writer. The batch's tables read market rows: a fork has the data it inherited; the fresh writer
+gets each data set once, with the first batch that needs it, and keeps the last `MARKETS_KEPT` (a
+process's runs mostly reuse one data set: sending each batch's rows instead copied 56 MB per 1M-bar run,
+~2% of the run). Both sides keep the same least-recently-used list, so the engine knows what the
+writer holds. Buffers are reused:
 the writer answers "taken" once it has copied a batch out, and that buffer takes a later batch. A fresh
 memfd per batch cost ~4x more than the copy (the kernel allocates and zeroes its pages). Every
 acknowledgement names its run, so a late answer about an earlier run (one that failed) is never taken for
@@ -38,7 +41,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 
 _PR_SET_PDEATHSIG = 1
 _MEMFD = hasattr(os, "memfd_create")
+#: Data sets a fresh writer keeps (each is a copy of the market columns: ~56 MB per 1M bars).
+MARKETS_KEPT = 2
 
 
 def available() -> bool:
@@ -126,6 +131,8 @@ class WriterService:
         self._free: list[_Slot] = []  # buffers the writer has finished with
         self._busy: deque[_Slot] = deque()  # buffers handed over, in order (the writer takes them in order)
         self._slots = 0
+        self._markets = _Markets()  # the data sets the writer holds, as the writer will have them
+        self.markets_sent = 0
 
     @property
     def pid(self) -> int:
@@ -143,11 +150,17 @@ class WriterService:
                 self.broken = True
         return self._ready
 
-    def hand_over(self, run_id: str, batch: EventBatch, window: MarketWindow | None) -> None:
-        """The pickled batch and its market rows into a free shared buffer; the buffer's number to the writer."""
+    def hand_over(self, run_id: str, batch: EventBatch, market: MarketData) -> None:
+        """The pickled batch (and its data set, the first time the writer needs it) into a free shared
+        buffer; the buffer's number to the writer."""
+        if self.has_market:
+            spec: tuple | None = None
+        else:
+            key = market.derived.setdefault("store_key", os.urandom(16).hex())  # once per data set
+            spec = ("key", key) if key in self._markets else ("market", key, MarketWindow.whole(market))
         buffers: list[pickle.PickleBuffer] = []
         f = io.BytesIO()
-        _OutOfBand(f, protocol=5, buffer_callback=buffers.append).dump((batch, window))
+        _OutOfBand(f, protocol=5, buffer_callback=buffers.append).dump((batch, spec))
         head = f.getbuffer()
         views = [b.raw() for b in buffers]
         size = 16 + len(head) + sum(8 + v.nbytes for v in views)
@@ -164,6 +177,9 @@ class WriterService:
         self.conn.send(("batch", run_id, slot.number, slot.size if new else 0))
         if new:
             send_handle(self.conn, slot.fd, self.proc.pid)
+        if spec is not None:  # handed over: the writer applies the same step when it reads it
+            self._markets.use(spec[1], spec[2] if spec[0] == "market" else None)
+            self.markets_sent += spec[0] == "market"
 
     def taken(self) -> None:
         """The writer copied out the oldest batch handed over (of whichever run: it answers every batch,
@@ -229,6 +245,30 @@ class _Slot:
             self.map.close()
             self.map = None
         os.close(self.fd)
+
+
+class _Markets:
+    """The data sets a fresh writer holds, least recently used first (at most MARKETS_KEPT). The engine keeps
+    one (keys only) and the writer one (the rows), and both apply the same steps in the same order."""
+
+    def __init__(self) -> None:
+        self._held: OrderedDict[str, MarketWindow | None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._held
+
+    def use(self, key: str, rows: MarketWindow | None) -> MarketWindow | None:
+        """Mark `key` used (storing `rows` when given: a new data set); returns its rows."""
+        if rows is not None:
+            self._held[key] = rows
+            while len(self._held) > MARKETS_KEPT:
+                self._held.popitem(last=False)
+        self._held.move_to_end(key)
+        return self._held[key]
+
+
+#: The writer process's data sets (see _Markets).
+_HELD = _Markets()
 
 
 def read_slot(m: mmap.mmap) -> Any:
@@ -303,8 +343,9 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _receive(conn: Connection, msg: tuple, maps: dict[int, mmap.mmap]) -> tuple[EventBatch, MarketWindow]:
-    """A batch from its shared buffer; a new or grown buffer's descriptor follows the message."""
+def _receive(conn: Connection, msg: tuple, maps: dict[int, mmap.mmap]) -> tuple[EventBatch, MarketWindow | None]:
+    """A batch and its market rows (None in a fork: it has the data) from its shared buffer; a new or
+    grown buffer's descriptor follows the message."""
     _, _, number, new_size = msg
     if new_size:
         fd = recv_handle(conn)
@@ -315,7 +356,11 @@ def _receive(conn: Connection, msg: tuple, maps: dict[int, mmap.mmap]) -> tuple[
             maps[number] = mmap.mmap(fd, new_size, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-    return read_slot(maps[number])
+    batch, spec = read_slot(maps[number])
+    if spec is None:
+        return batch, None
+    # a new data set's rows (read_slot copied them out of the buffer), or the key of one the writer holds
+    return batch, _HELD.use(spec[1], spec[2] if spec[0] == "market" else None)
 
 
 def main(fd: int, announce: bool = False, market: MarketData | None = None) -> None:

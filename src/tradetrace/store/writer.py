@@ -406,13 +406,12 @@ class StoreRecorder:
         self.max_inflight = max(self.max_inflight, self._inflight)
 
     def _send(self, msg: tuple | EventBatch) -> None:
-        """A message to the writer process (a batch goes through a shared buffer, with its market rows when
-        the writer has no data of its own); a dead writer becomes the run's error."""
+        """A message to the writer process (a batch goes through a shared buffer, see service.py); a dead
+        writer becomes the run's error."""
         assert self._conn is not None and self._service is not None and self._market is not None
         try:
             if isinstance(msg, EventBatch):
-                window = None if self._service.has_market else msg.window(self._market)
-                self._service.hand_over(self.run_id, msg, window)
+                self._service.hand_over(self.run_id, msg, self._market)
             else:
                 self._conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
