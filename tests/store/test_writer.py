@@ -171,10 +171,10 @@ def test_writer_process_is_fresh_and_shared_by_runs(store: EventStore) -> None:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()  # its parent is this process
 
 
-def test_fresh_writer_gets_each_data_set_once(store: EventStore) -> None:
+def test_fresh_writer_gets_each_data_set_once(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs over one data set send its rows to the fresh writer once; another data set is sent too; the
-    writer keeps the last MARKETS_KEPT, and a data set it dropped is sent again. Every run's events are
-    the same as in memory."""
+    writer keeps the last MARKETS_KEPT, and a data set it dropped is sent again; a data set over
+    MARKET_SEND_MAX_BYTES is never sent whole. Every run's events are the same as in memory."""
     from tradetrace.engine import synthetic
 
     writer = service.service()
@@ -198,6 +198,9 @@ def test_fresh_writer_gets_each_data_set_once(store: EventStore) -> None:
     run(sets[2])  # drops the least recently used: sets[1]
     run(sets[1])
     assert writer.markets_sent == sent + 4
+    monkeypatch.setattr(service, "MARKET_SEND_MAX_BYTES", 0)  # a data set too big to send whole
+    run(sets[2])
+    assert writer.markets_sent == sent + 4  # its batches carried their rows
 
 
 FIRST_RUNS = """

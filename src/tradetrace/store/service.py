@@ -17,11 +17,11 @@ for the writer. The batch's tables read market rows: a fork has the data it inhe
 gets each data set once, with the first batch that needs it, and keeps the last `MARKETS_KEPT` (a
 process's runs mostly reuse one data set: sending each batch's rows instead copied 56 MB per 1M-bar run,
 ~2% of the run). Both sides keep the same least-recently-used list, so the engine knows what the
-writer holds. Buffers are reused:
-the writer answers "taken" once it has copied a batch out, and that buffer takes a later batch. A fresh
-memfd per batch cost ~4x more than the copy (the kernel allocates and zeroes its pages). Every
-acknowledgement names its run, so a late answer about an earlier run (one that failed) is never taken for
-the current one.
+writer holds. Data sets over `MARKET_SEND_MAX_BYTES` still travel as each batch's rows: memory first.
+Buffers are reused: the writer answers "taken" once it has copied a batch out, and that buffer takes a
+later batch. A fresh memfd per batch cost ~4x more than the copy (the kernel allocates and zeroes its
+pages). Every acknowledgement names its run, so a late answer about an earlier run (one that failed) is
+never taken for the current one.
 
 The writer dies with the engine (PR_SET_PDEATHSIG): after a SIGKILL of the run, the store holds exactly
 the durable segments, and the journal says which.
@@ -53,8 +53,16 @@ if TYPE_CHECKING:
 
 _PR_SET_PDEATHSIG = 1
 _MEMFD = hasattr(os, "memfd_create")
-#: Data sets a fresh writer keeps (each is a copy of the market columns: ~56 MB per 1M bars).
+#: Data sets a fresh writer keeps (each is a copy of the market columns: ~60 MB per 1M bars).
 MARKETS_KEPT = 2
+#: Larger data sets are not sent whole (a buffer of that size would stay in both processes): their batches
+#: carry the rows they read, as a few MB each.
+MARKET_SEND_MAX_BYTES = 96 << 20
+
+
+def _nbytes(market: MarketData) -> int:
+    return sum(a.nbytes for a in (market.ts, market.symbol_idx, market.open, market.high, market.low, market.close,
+                                  market.volume))
 
 
 def available() -> bool:
@@ -155,6 +163,8 @@ class WriterService:
         buffer; the buffer's number to the writer."""
         if self.has_market:
             spec: tuple | None = None
+        elif _nbytes(market) > MARKET_SEND_MAX_BYTES:  # too big to copy whole: each batch carries its rows
+            spec = ("rows", batch.window(market))
         else:
             key = market.derived.setdefault("store_key", os.urandom(16).hex())  # once per data set
             spec = ("key", key) if key in self._markets else ("market", key, MarketWindow.whole(market))
@@ -177,9 +187,11 @@ class WriterService:
         self.conn.send(("batch", run_id, slot.number, slot.size if new else 0))
         if new:
             send_handle(self.conn, slot.fd, self.proc.pid)
-        if spec is not None:  # handed over: the writer applies the same step when it reads it
-            self._markets.use(spec[1], spec[2] if spec[0] == "market" else None)
-            self.markets_sent += spec[0] == "market"
+        if spec is not None and spec[0] != "rows":  # handed over: the writer applies the same step on reading it
+            new_set = spec[0] == "market"
+            # The engine's list holds keys, not rows: a data set the engine drops must be free to go.
+            self._markets.use(spec[1], spec[1] if new_set else None)
+            self.markets_sent += new_set
 
     def taken(self) -> None:
         """The writer copied out the oldest batch handed over (of whichever run: it answers every batch,
@@ -252,13 +264,13 @@ class _Markets:
     one (keys only) and the writer one (the rows), and both apply the same steps in the same order."""
 
     def __init__(self) -> None:
-        self._held: OrderedDict[str, MarketWindow | None] = OrderedDict()
+        self._held: OrderedDict[str, Any] = OrderedDict()
 
     def __contains__(self, key: str) -> bool:
         return key in self._held
 
-    def use(self, key: str, rows: MarketWindow | None) -> MarketWindow | None:
-        """Mark `key` used (storing `rows` when given: a new data set); returns its rows."""
+    def use(self, key: str, rows: Any = None) -> Any:
+        """Mark `key` used, storing `rows` (not None) for a new data set; returns what is stored for it."""
         if rows is not None:
             self._held[key] = rows
             while len(self._held) > MARKETS_KEPT:
@@ -359,6 +371,8 @@ def _receive(conn: Connection, msg: tuple, maps: dict[int, mmap.mmap]) -> tuple[
     batch, spec = read_slot(maps[number])
     if spec is None:
         return batch, None
+    if spec[0] == "rows":  # a big data set: the rows this batch reads
+        return batch, spec[1]
     # a new data set's rows (read_slot copied them out of the buffer), or the key of one the writer holds
     return batch, _HELD.use(spec[1], spec[2] if spec[0] == "market" else None)
 
