@@ -324,7 +324,7 @@ class EventBatch:
         rx_null = np.arange(n) >= m
         px_null = rx_null | ~self._processed_known(m, ends, n)
         strings = pa.array(log.strings, type=pa.string())
-        sources = codes_of(np.frombuffer(log.source, dtype=np.int64), strings)
+        sources = np.frombuffer(log.source, dtype=np.int64)
         links = self._links(n)
         for t in np.unique(self._types).tolist():
             idx = np.flatnonzero(self._types == t)
@@ -337,7 +337,7 @@ class EventBatch:
                 const_code(etype.name, k),
                 _ts(ts[idx]),
                 pa.array(cause[idx], mask=cause_null[idx]),
-                sources.take(pick),
+                codes_of(sources[idx], strings),  # per type: its dictionary holds the sources it has
                 em := _ts(emitted[idx]),  # created == emitted: events are published as they are built
                 em,
                 _ts(received[idx], rx_null[idx]),  # never received: published, then the run failed

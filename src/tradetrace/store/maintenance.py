@@ -39,6 +39,7 @@ def compact_run(root: Path, run_id: str) -> bool:
     new_files: dict[str, list[str]] = {}
     old = [f for fs in m["files"].values() for f in fs]
     causal: dict[EventType, pa.Table] = {}
+    written = []  # (final path, Parquet bytes): committed together, as a writer's segment is
     for t in reader.types:
         paths = reader.files(t)
         final = layout.type_dir(root, m["date"], t.name) / layout.compact_name(run_id)
@@ -50,7 +51,7 @@ def compact_run(root: Path, run_id: str) -> bool:
         table = pa.concat_tables([codec.from_disk(pq.read_table(p, partitioning=None), t) for p in paths],
                                  promote_options="default")
         rows = codec.ROW_GROUP if t == EventType.BAR else codec.POINT_ROW_GROUP
-        layout.write_durably(final, codec.parquet_bytes(table, t, m.get("compression", "zstd"), row_group_size=rows))
+        written.append((final, codec.parquet_bytes(table, t, m.get("compression", "zstd"), row_group_size=rows)))
         new_files[t.name] = [str(final.relative_to(root))]
         if t != EventType.BAR:
             causal[t] = table.select(["seq", "causation_seq"])
@@ -59,7 +60,8 @@ def compact_run(root: Path, run_id: str) -> bool:
     pq.write_table(SeqIndex.build(causal).table(), sink, compression="zstd",
                    column_encoding={"seq": "DELTA_BINARY_PACKED", "causation_seq": "DELTA_BINARY_PACKED"},
                    use_dictionary=["type"])
-    layout.write_durably(index, sink.getvalue())
+    written.append((index, sink.getvalue()))
+    layout.write_all_durably(root, written)
     m.update({"files": new_files, "compacted": True, "compacted_wall_ns": time.time_ns(),
               "seq_index": str(index.relative_to(root))})
     m.setdefault("event_count", m.get("durable_seq_hi", -1) + 1)
