@@ -15,7 +15,7 @@ import pytest
 
 import tradetrace as tt
 from tradetrace.engine.backtest import RunFailed
-from tradetrace.store import EventStore, layout, service
+from tradetrace.store import EventStore, layout, market, service
 from tradetrace.strategies.builtin import MovingAverageCrossover
 
 from .conftest import run_config
@@ -174,7 +174,8 @@ def test_writer_process_is_fresh_and_shared_by_runs(store: EventStore) -> None:
 def test_fresh_writer_gets_each_data_set_once(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs over one data set send its rows to the fresh writer once; another data set is sent too; the
     writer keeps the last MARKETS_KEPT, and a data set it dropped is sent again; a data set over
-    MARKET_SEND_MAX_BYTES is never sent whole. Every run's events are the same as in memory."""
+    market.MAX_SET_BYTES is never sent whole (and its runs keep BAR prices inline). Every run's events are the
+    same as in memory."""
     from tradetrace.engine import synthetic
 
     writer = service.service()
@@ -198,9 +199,10 @@ def test_fresh_writer_gets_each_data_set_once(store: EventStore, monkeypatch: py
     run(sets[2])  # drops the least recently used: sets[1]
     run(sets[1])
     assert writer.markets_sent == sent + 4
-    monkeypatch.setattr(service, "MARKET_SEND_MAX_BYTES", 0)  # a data set too big to send whole
+    monkeypatch.setattr(market, "MAX_SET_BYTES", 0)  # a data set too big to send whole
     run(sets[2])
     assert writer.markets_sent == sent + 4  # its batches carried their rows
+    assert store.runs()[0]["market_set"] is None
 
 
 FIRST_RUNS = """

@@ -294,13 +294,16 @@ class EventBatch:
         return MarketWindow(lo, list(market.symbols), market.ts[sl], market.symbol_idx[sl], market.open[sl],
                             market.high[sl], market.low[sl], market.close[sl], market.volume[sl])
 
-    def tables(self, market: MarketData | MarketWindow) -> dict[EventType, pa.Table]:
-        """Typed Arrow tables, one per event type present, rows in seq order."""
+    def tables(self, market: MarketData | MarketWindow, market_set: str | None = None) -> dict[EventType, pa.Table]:
+        """Typed Arrow tables, one per event type present, rows in seq order.
+
+        `market_set`: the BAR table carries references to that stored market set (`market_set`,
+        `market_row`) instead of its payload columns (the event store's form, see store/market.py)."""
         if not isinstance(market, MarketWindow):
             market = self.window(market)
         out: dict[EventType, pa.Table] = {}
         if self.bars.row_stop > self.bars.row_start:
-            out[EventType.BAR] = self._bar_table(market)
+            out[EventType.BAR] = self._bar_table(market, market_set)
         log = self.log
         n = len(log)
         if not n:
@@ -376,7 +379,7 @@ class EventBatch:
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(sizes == 0))
 
-    def _bar_table(self, market: MarketWindow) -> pa.Table:
+    def _bar_table(self, market: MarketWindow, market_set: str | None = None) -> pa.Table:
         b = self.bars
         sl = slice(b.row_start - market.start, b.row_stop - market.start)
         n = b.row_stop - b.row_start
@@ -407,13 +410,15 @@ class EventBatch:
             pa.array(np.full(n, SCHEMA_VERSION, dtype=np.int16)),
             pa.nulls(n, type=pa.list_(pa.int64())),
             sym,
-            pa.array(market.open[sl]),
-            pa.array(market.high[sl]),
-            pa.array(market.low[sl]),
-            pa.array(market.close[sl]),
-            pa.array(market.volume[sl]),
         ]
-        return pa.Table.from_arrays(cols, schema=recorded_schema(EventType.BAR))
+        schema = recorded_schema(EventType.BAR)
+        if market_set is not None:  # the payload is the stored market set's rows [row_start, row_stop)
+            names = schema.names[:len(cols)] + ["market_set", "market_row"]
+            cols += [const_code(market_set, n), pa.array(np.arange(b.row_start, b.row_stop, dtype=np.int64))]
+            return pa.Table.from_arrays(cols, names=names)
+        cols += [pa.array(market.open[sl]), pa.array(market.high[sl]), pa.array(market.low[sl]),
+                 pa.array(market.close[sl]), pa.array(market.volume[sl])]
+        return pa.Table.from_arrays(cols, schema=schema)
 
 
 class MemoryRecorder:

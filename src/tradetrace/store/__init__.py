@@ -62,7 +62,7 @@ class EventStore:
     def runs(self) -> list[dict[str, Any]]:
         """Every run: run_id, name, strategy, sweep_id, status, reason, event_count, counts, start/end
         wall time (ns), lost_seq ([first, last or None]) when incomplete, stored_count (< event_count
-        when sampled). Newest first."""
+        when sampled), market_set (the stored data set holding its BAR prices, or None). Newest first."""
         out = [self._public(run_record(self.root, r)) for r in maintenance.run_ids(self.root)]
         return sorted(out, key=lambda m: m.get("started_wall_ns") or 0, reverse=True)
 
@@ -74,7 +74,7 @@ class EventStore:
     def _public(m: dict[str, Any]) -> dict[str, Any]:
         keys = ("run_id", "name", "strategy", "sweep_id", "status", "reason", "event_count", "counts",
                 "stored_count", "started_wall_ns", "ended_wall_ns", "lost_seq", "durable_seq_hi", "date",
-                "sampling", "compacted", "params")
+                "sampling", "compacted", "params", "market_set")
         return {k: m.get(k) for k in keys}
 
     def _reader(self, run_id: str) -> RunReader:

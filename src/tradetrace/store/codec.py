@@ -33,6 +33,11 @@ PRICE_SCALE = 4
 _DECIMAL = pa.decimal128(18, PRICE_SCALE)
 _DECIMAL_COLUMNS = {EventType.BAR: ("open", "high", "low", "close")}
 _NO_DELTA = {"version"}
+#: Timestamp columns stored with a dictionary instead of deltas. A BAR's created/emitted clock is its chunk's
+#: emission (one value per chunk) except on clock-sampled bars (every 64th), so deltas jump twice per 64 rows
+#: and every delta block is wide; a dictionary holds a few thousand values per row group (measured on 1M
+#: BARs: file 114 -> 84 ms to encode, 864 -> 486 KB).
+_DICT_COLUMNS = {EventType.BAR: ("created_at", "emitted_at")}
 
 
 def _as_decimal(col: pa.ChunkedArray) -> pa.Array | None:
@@ -65,11 +70,19 @@ def _from_decimal(col: pa.ChunkedArray) -> pa.Array:
 
 def to_disk(table: pa.Table, etype: EventType) -> tuple[pa.Table, dict[str, str], list[str], list[str]]:
     """The table as stored: (table, column encodings, dictionary columns, byte-stream-split columns)."""
-    table = table.drop_columns(["event_type"])
+    if "event_type" in table.column_names:  # the hive partition, not a file column
+        table = table.drop_columns(["event_type"])
+    return _encodings(table, _DECIMAL_COLUMNS.get(etype, ()), _DICT_COLUMNS.get(etype, ()))
+
+
+def _encodings(table: pa.Table, decimal: tuple[str, ...],
+               dictionary: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, str], list[str], list[str]]:
     enc: dict[str, str] = {}
     bss: list[str] = []
     for i, f in enumerate(table.schema):
-        if f.name in _DECIMAL_COLUMNS.get(etype, ()):
+        if f.name in dictionary:
+            continue
+        if f.name in decimal:
             d = _as_decimal(table.column(i))
             if d is not None:
                 table = table.set_column(i, pa.field(f.name, _DECIMAL), d)
@@ -85,19 +98,30 @@ def to_disk(table: pa.Table, etype: EventType) -> tuple[pa.Table, dict[str, str]
     return table, enc, dict_cols, bss
 
 
-def parquet_bytes(table: pa.Table, etype: EventType, compression: str, row_group_size: int = ROW_GROUP) -> pa.Buffer:
-    """One event table as a whole Parquet file in memory (`layout.write_durably` puts it on disk)."""
-    t, enc, dict_cols, bss = to_disk(table, etype)
+def _write(t: pa.Table, enc: dict[str, str], dict_cols: list[str], bss: list[str], compression: str,
+           row_group_size: int) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     pq.write_table(t, sink, compression=compression, row_group_size=row_group_size, use_dictionary=dict_cols,
                    column_encoding=enc or None, use_byte_stream_split=bss or False,
-                   store_decimal_as_integer=True, write_statistics=["seq"], data_page_version="2.0")
+                   store_decimal_as_integer=True, write_statistics=["seq", "market_row"], data_page_version="2.0")
     return sink.getvalue()
+
+
+def parquet_bytes(table: pa.Table, etype: EventType, compression: str, row_group_size: int = ROW_GROUP) -> pa.Buffer:
+    """One event table as a whole Parquet file in memory (`layout.write_durably` puts it on disk)."""
+    return _write(*to_disk(table, etype), compression, row_group_size)
+
+
+def market_bytes(table: pa.Table, compression: str) -> pa.Buffer:
+    """A market set (store/market.py) as a Parquet file: its prices encoded as a BAR file's were."""
+    return _write(*_encodings(table, _DECIMAL_COLUMNS[EventType.BAR]), compression, ROW_GROUP)
 
 
 def from_disk(table: pa.Table, etype: EventType) -> pa.Table:
     """A stored table back to the recorded schema (`recorded_schema`: dictionary strings; an event_type
     column; float64 prices), extra columns kept."""
+    if "market_row" in table.column_names:  # a reader that forgot its market set would return null prices
+        raise ValueError("BAR table stored with market set references: attach its payload first (store/market.py)")
     schema = recorded_schema(etype)
     cols = {}
     for f in table.schema:

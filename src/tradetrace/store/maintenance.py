@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tradetrace.events.types import EventType
-from tradetrace.store import codec, layout
+from tradetrace.store import codec, layout, market
 from tradetrace.store.reader import RunReader, SeqIndex, run_record
 
 FINISHED = ("completed", "failed", "incomplete")
@@ -48,8 +48,11 @@ def compact_run(root: Path, run_id: str) -> bool:
             if t != EventType.BAR:
                 causal[t] = pq.read_table(final, columns=["seq", "causation_seq"], partitioning=None)
             continue
-        table = pa.concat_tables([codec.from_disk(pq.read_table(p, partitioning=None), t) for p in paths],
-                                 promote_options="default")
+        stored = [pq.read_table(p, partitioning=None) for p in paths]
+        if "market_row" in stored[0].column_names:  # BARs stored with market set references: kept so
+            table = pa.concat_tables(stored, promote_options="default")
+        else:
+            table = pa.concat_tables([codec.from_disk(s, t) for s in stored], promote_options="default")
         rows = codec.ROW_GROUP if t == EventType.BAR else codec.POINT_ROW_GROUP
         written.append((final, codec.parquet_bytes(table, t, m.get("compression", "zstd"), row_group_size=rows)))
         new_files[t.name] = [str(final.relative_to(root))]
@@ -114,6 +117,8 @@ def prune(root: Path, older_than_days: float | None = None, keep_last: int | Non
             doomed.add(m["run_id"])
     for r in sorted(doomed):
         delete_run(root, r)
+    if doomed:
+        market.collect(root)  # the BAR prices of data sets no remaining run refers to
     return sorted(doomed)
 
 
@@ -169,6 +174,7 @@ def verify_run(root: Path, run_id: str) -> dict[str, Any]:
     missing = causes_all[~np.isin(causes_all, seq)]
     if len(missing):
         problems.append(f"{len(missing)} causation_seq values point at no stored event (first {int(missing[0])})")
+    problems += _market_problems(root, m, reader)
     links = []
     for t in tabs:
         if t != EventType.BAR:
@@ -183,6 +189,20 @@ def verify_run(root: Path, run_id: str) -> dict[str, Any]:
             problems.append(f"{len(bad)} links point at no stored event (first {int(bad[0])})")
     return {"run_id": run_id, "status": m["status"], "events": int(len(seq)), "counts": stored,
             "lost_seq": m.get("lost_seq"), "problems": problems, "ok": not problems}
+
+
+def _market_problems(root: Path, m: dict[str, Any], reader: RunReader) -> list[str]:
+    """A run stored with a market set: the set exists and every BAR's market_row is one of its rows."""
+    key = m.get("market_set")
+    if not key or EventType.BAR not in reader.types:
+        return []
+    path = market.set_path(root, key)
+    if not path.exists():
+        return [f"market set {key} (the run's BAR prices) is missing: {path.relative_to(root)}"]
+    n = pq.ParquetFile(path).metadata.num_rows
+    rows = reader.load([EventType.BAR], columns=["market_row"])[EventType.BAR].column("market_row").to_numpy()
+    bad = rows[(rows < 0) | (rows >= n)]
+    return [f"{len(bad)} BAR market_row values outside market set {key} ({n} rows)"] if len(bad) else []
 
 
 def verify(root: Path, run_id: str | None = None) -> list[dict[str, Any]]:

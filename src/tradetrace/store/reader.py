@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tradetrace.events.types import COMMON_FIELDS, EventType, dict_type, event_schema
-from tradetrace.store import codec, layout
+from tradetrace.store import codec, layout, market
 
 
 def run_record(root: Path, run_id: str) -> dict[str, Any]:
@@ -87,6 +87,7 @@ class RunReader:
         self.record = run_record(self.root, self.run_id)
         self._row_groups: dict[str, pa.Table] = {}
         self._files: dict[Path, pq.ParquetFile] = {}
+        self._payloads = market.Payloads(self.root)  # BAR payloads of a run stored with a market set
 
     def files(self, etype: EventType) -> list[Path]:
         return [self.root / f for f in self.record["files"].get(etype.name, [])]
@@ -106,7 +107,7 @@ class RunReader:
             parts = [pq.read_table(p, columns=columns, partitioning=None) for p in paths]
             tab = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             if columns is None:
-                tab = codec.from_disk(tab, t)
+                tab = codec.from_disk(market.attach(tab, self._payloads), t)
             if start is not None or end is not None:
                 tab = tab.filter(_time_mask(tab, start, end))
             out[t] = tab
@@ -122,18 +123,23 @@ class RunReader:
         paths = [(t, p) for t in (types or self.types) for p in self.files(t)]
         if not paths:
             return []
-        if len(paths) == 1:
+        key = self.record.get("market_set")
+        if len(paths) == 1 and not key:
             tabs = [read_stored(paths[0][1])]
         else:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=min(4, len(paths))) as ex:
+            with ThreadPoolExecutor(max_workers=min(4, len(paths) + 1)) as ex:
+                # the BAR prices' market set decodes beside the run's files
+                pre = ex.submit(self._payloads.rows, key) if key and EventType.BAR in dict(paths) else None
                 tabs = list(ex.map(read_stored, [p for _, p in paths]))
+                if pre is not None:
+                    pre.result()
         out = []
         for (t, _), tab in zip(paths, tabs, strict=True):
             if start is not None or end is not None:
                 tab = tab.filter(_time_mask(tab, start, end))
-            out.append((t, tab))
+            out.append((t, market.attach(tab, self._payloads)))
         return out
 
     def events(self, types: list[EventType] | None = None, start: Any = None, end: Any = None) -> pa.Table:
@@ -191,7 +197,7 @@ class RunReader:
                 seqs = rg.column("seq").to_numpy()
                 k = int(np.searchsorted(seqs, seq))
                 if k < len(seqs) and seqs[k] == seq:
-                    return codec.from_disk(rg.slice(k, 1), t)
+                    return codec.from_disk(market.attach(rg.slice(k, 1), self._payloads), t)
         return None
 
 

@@ -17,6 +17,7 @@ Deterministic: the random draws are seeded by (seed, first seq of the batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,8 +54,9 @@ def _ints(table: pa.Table, name: str) -> np.ndarray:
     return col.fill_null(-1).to_numpy()
 
 
-def sample(tables: dict[EventType, pa.Table], cfg: Sampling) -> dict[EventType, pa.Table]:
-    """The batch's tables thinned by the rule above, each with a float32 `weight` column."""
+def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None) -> dict[EventType, pa.Table]:
+    """The batch's tables thinned by the rule above, each with a float32 `weight` column. `market` (the rows
+    the batch was built from) gives BAR closes to a BAR table stored with market set references."""
     types = list(tables)
     if not types:
         return tables
@@ -80,7 +82,7 @@ def sample(tables: dict[EventType, pa.Table], cfg: Sampling) -> dict[EventType, 
         vol = np.ones(len(seq))
         if EventType.BAR in tables:
             k = types.index(EventType.BAR)
-            close = tables[EventType.BAR].column("close").to_numpy()
+            close = _closes(tables[EventType.BAR], market)
             r = np.abs(np.diff(np.log(np.maximum(close, 1e-12)), prepend=np.log(max(close[0], 1e-12))))
             med = np.median(r[r > 0]) if (r > 0).any() else 1.0
             vol[owner == k] = np.clip(r / med, 0.5, 10.0)
@@ -145,6 +147,13 @@ def sample(tables: dict[EventType, pa.Table], cfg: Sampling) -> dict[EventType, 
         out[t] = tab.append_column("weight", pa.array(w))
         start += n
     return out
+
+
+def _closes(bars: pa.Table, market: Any) -> np.ndarray:
+    if "close" in bars.column_names:
+        return bars.column("close").to_numpy()
+    rows = bars.column("market_row").to_numpy()  # rows of a market set: the data set's own rows
+    return np.asarray(market.close)[rows - getattr(market, "start", 0)]
 
 
 def weighted_count(table: pa.Table) -> float:

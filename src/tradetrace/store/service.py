@@ -17,7 +17,7 @@ for the writer. The batch's tables read market rows: a fork has the data it inhe
 gets each data set once, with the first batch that needs it, and keeps the last `MARKETS_KEPT` (a
 process's runs mostly reuse one data set: sending each batch's rows instead copied 56 MB per 1M-bar run,
 ~2% of the run). Both sides keep the same least-recently-used list, so the engine knows what the
-writer holds. Data sets over `MARKET_SEND_MAX_BYTES` still travel as each batch's rows: memory first.
+writer holds. Data sets over `market.MAX_SET_BYTES` still travel as each batch's rows: memory first.
 Buffers are reused: the writer answers "taken" once it has copied a batch out, and that buffer takes a
 later batch. A fresh memfd per batch cost ~4x more than the copy (the kernel allocates and zeroes its
 pages). Every acknowledgement names its run, so a late answer about an earlier run (one that failed) is
@@ -47,6 +47,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 from typing import TYPE_CHECKING, Any
 
 from tradetrace.events.recorder import EventBatch, MarketWindow
+from tradetrace.store.market import set_key as market_set_key
 
 if TYPE_CHECKING:
     from tradetrace.engine.data import MarketData
@@ -55,14 +56,6 @@ _PR_SET_PDEATHSIG = 1
 _MEMFD = hasattr(os, "memfd_create")
 #: Data sets a fresh writer keeps (each is a copy of the market columns: ~60 MB per 1M bars).
 MARKETS_KEPT = 2
-#: Larger data sets are not sent whole (a buffer of that size would stay in both processes): their batches
-#: carry the rows they read, as a few MB each.
-MARKET_SEND_MAX_BYTES = 96 << 20
-
-
-def _nbytes(market: MarketData) -> int:
-    return sum(a.nbytes for a in (market.ts, market.symbol_idx, market.open, market.high, market.low, market.close,
-                                  market.volume))
 
 
 def available() -> bool:
@@ -161,12 +154,12 @@ class WriterService:
     def hand_over(self, run_id: str, batch: EventBatch, market: MarketData) -> None:
         """The pickled batch (and its data set, the first time the writer needs it) into a free shared
         buffer; the buffer's number to the writer."""
+        key = market_set_key(market)  # the data set's content key; None: too big to copy whole
         if self.has_market:
             spec: tuple | None = None
-        elif _nbytes(market) > MARKET_SEND_MAX_BYTES:  # too big to copy whole: each batch carries its rows
+        elif key is None:  # each batch carries its rows
             spec = ("rows", batch.window(market))
         else:
-            key = market.derived.setdefault("store_key", os.urandom(16).hex())  # once per data set
             spec = ("key", key) if key in self._markets else ("market", key, MarketWindow.whole(market))
         buffers: list[pickle.PickleBuffer] = []
         f = io.BytesIO()

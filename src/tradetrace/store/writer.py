@@ -5,7 +5,7 @@ tables, buffers them, and writes a *segment* (one file per event type, each writ
 name, fsynced, renamed, directory fsynced) once half the durability window (`durability_events / 2`,
 so that writing runs ahead of the window) or `durability_ms` milliseconds of events are pending; the
 segment counts only when its line in the run's journal is fsynced. A writer with nothing waiting
-writes smaller segments (a quarter of that) so that little is left when the run ends.
+writes smaller segments (half of that) so that little is left when the run ends.
 Backpressure: `append` blocks while `queue_batches` batches are in flight or while the events not
 yet durable would exceed the durability window, so a slow disk slows the producer and bounds
 memory; nothing is ever dropped.
@@ -48,6 +48,7 @@ import pyarrow as pa
 from tradetrace.events.recorder import EventBatch, MarketWindow, RunInfo, RunTotals
 from tradetrace.events.types import EventType
 from tradetrace.store import codec, layout, service
+from tradetrace.store import market as market_sets
 from tradetrace.store.sampling import Sampling, sample
 
 if TYPE_CHECKING:
@@ -74,8 +75,13 @@ class SegmentWriter:
     """Batches of one run -> durable segments + journal + final manifest. Runs in the writer (thread or child)."""
 
     def __init__(self, root: Path, run_id: str, date: str, compression: str, market: MarketData | None,
-                 sampling: Sampling | None, keep_events: int = 0) -> None:
+                 sampling: Sampling | None, keep_events: int = 0, market_set: str | None = None) -> None:
         self.root = root
+        # BAR payloads go to the store's market set `market_set` (written with the first segment if the store
+        # lacks it) instead of each BAR file; None: inline (see market.py).
+        self.market_set = market_set
+        self._set_checked = market_set is None
+        self._set_rows: MarketData | MarketWindow | None = None
         # Tables of a small run kept after writing (thread mode): the run's own process reads them back
         # (analytics rows, result.events()) without decoding the files it just wrote.
         self.kept: dict[EventType, list[pa.Table]] | None = {} if keep_events > 0 else None
@@ -100,9 +106,12 @@ class SegmentWriter:
 
     def add(self, batch: EventBatch, market: MarketWindow | None = None) -> None:
         """Buffer a batch; `market` is the batch's market rows where the writer has no data set of its own."""
-        tables = batch.tables(market if market is not None else self.market)
+        rows = market if market is not None else self.market
+        if self.market_set is not None and self._set_rows is None:
+            self._set_rows = rows  # the whole data set (market.MAX_SET_BYTES: a writer process gets it whole)
+        tables = batch.tables(rows, self.market_set)
         if self.sampling is not None:
-            tables = sample(tables, self.sampling)
+            tables = sample(tables, self.sampling, rows)
         for t, tab in tables.items():
             self.pending.setdefault(t, []).append(tab)
         if self.kept is not None:
@@ -119,7 +128,7 @@ class SegmentWriter:
             self.counts[k] = self.counts.get(k, 0) + v
 
     def segment_due(self, segment_events: int, idle: bool) -> bool:
-        """A full segment is pending, or a quarter of one while nothing else waits (see _IDLE_FRACTION)."""
+        """A full segment is pending, or half of one while nothing else waits (see _IDLE_FRACTION)."""
         return self.events >= segment_events or (idle and self.events >= segment_events // _IDLE_FRACTION)
 
     def write_segment(self) -> int:
@@ -129,6 +138,12 @@ class SegmentWriter:
         files: dict[str, str] = {}
         stored: dict[str, int] = {}
         written = []
+        if not self._set_checked:  # no BAR row is durable before the market set it refers to
+            assert self.market_set is not None and self._set_rows is not None
+            got = market_sets.file_to_write(self.root, self.market_set, self._set_rows, self.compression)
+            if got is not None:
+                written.append(got)
+            self._set_checked = True
         for t, parts in sorted(self.pending.items()):
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             d = layout.type_dir(self.root, self.date, t.name)
@@ -182,10 +197,14 @@ class SegmentWriter:
 #: runs are read back for their analytics rows; ~200 B per event.
 KEEP_EVENTS = 500_000
 
-#: A writer with nothing waiting writes a segment once it holds this fraction of a full one. Keeping up, it
+#: A writer with nothing waiting writes a segment once it holds 1/_IDLE_FRACTION of a full one. Keeping up, it
 #: writes smaller segments, so little is left to write when the run ends (the run's end waits for it);
 #: falling behind, it writes full ones (fewer files and fsyncs per event). Compaction merges them later.
-_IDLE_FRACTION = 4
+#: Why a half, not smaller: every segment is a file per type, and a small type's file costs ~2x per row at
+#: ~2k rows what it costs at ~10k (Parquet's per-file and per-column work). On a 1M-bar run, 16 quarter
+#: segments took 460-504 ms of writer CPU, 8 half segments 389-405 ms; the last segment (31 ms) is still
+#: written while the engine computes the run's metrics (~50 ms).
+_IDLE_FRACTION = 2
 
 
 def _segment_events(durability_events: int) -> int:
@@ -225,6 +244,7 @@ class StoreRecorder:
         self.info: RunInfo | None = None
         self.run_id = ""
         self.date = ""
+        self.market_set: str | None = None
         self.totals: RunTotals | None = None
         self._market: MarketData | None = None
         self._undurable = 0  # events handed over and not yet in a committed segment
@@ -260,6 +280,7 @@ class StoreRecorder:
         self._market = market
         started = info.started_wall_ns or time.time_ns()
         self.date = layout.start_date(started)
+        self.market_set = market_sets.set_key(market)  # before the writer starts: a fork inherits the key
         mpath = layout.manifest_path(self.root, self.run_id)
         if mpath.exists():
             raise layout.StoreError(f"run {self.run_id} already exists in the event store {self.root}")
@@ -267,7 +288,8 @@ class StoreRecorder:
             "run_id": self.run_id, "name": info.name, "strategy": info.strategy, "params": info.params,
             "config": info.config, "sweep_id": info.sweep_id, "status": "running", "reason": None, "date": self.date,
             "started_wall_ns": started, "ended_wall_ns": None, "pid": os.getpid(), "host": socket.gethostname(),
-            "compression": self.compression, "sampling": None if self.sampling is None else {
+            "compression": self.compression, "market_set": self.market_set,
+            "sampling": None if self.sampling is None else {
                 "context": self.sampling.context, "base_rate": self.sampling.base_rate, "seed": self.sampling.seed},
         })
         self.mode = self.requested_mode or ("process" if process_available() else "thread")
@@ -278,11 +300,12 @@ class StoreRecorder:
             self._conn = self._service.conn
             self._send(("begin", {
                 "root": self.root, "run_id": self.run_id, "date": self.date, "compression": self.compression,
-                "sampling": self.sampling, "segment_events": _segment_events(self.durability_events),
+                "sampling": self.sampling, "market_set": self.market_set,
+                "segment_events": _segment_events(self.durability_events),
                 "durability_s": self.durability_s}))
         else:
             self._writer = SegmentWriter(self.root, self.run_id, self.date, self.compression, market, self.sampling,
-                                         keep_events=KEEP_EVENTS)
+                                         keep_events=KEEP_EVENTS, market_set=self.market_set)
             self._thread = threading.Thread(target=self._run, name=f"tradetrace-store-{self.run_id[:8]}",
                                             daemon=True)
             self._thread.start()
@@ -351,7 +374,9 @@ class StoreRecorder:
         thread (after it is durable), else read back from the store."""
         w = self._writer
         if self._waited and w is not None and w.kept is not None and self._error is None:
-            return {t: pa.concat_tables(parts) if len(parts) > 1 else parts[0] for t, parts in sorted(w.kept.items())}
+            payloads = market_sets.Payloads(market=self._market)
+            return {t: market_sets.attach(pa.concat_tables(parts) if len(parts) > 1 else parts[0], payloads)
+                    for t, parts in sorted(w.kept.items())}
         from tradetrace.store.reader import RunReader
 
         return RunReader(self.root, self.run_id).tables()

@@ -1,0 +1,217 @@
+"""Market sets: a data set's BAR payloads (the OHLCV of every row) stored once, shared by every run on it.
+
+Why: a BAR event's payload is a row of the market data, identical in every run on that data set. Stored
+inline it was ~90% of a run's bytes (8.2 of 9.1 MB of a 1M-bar run's BAR file) and ~64% of the BAR
+file's encoding time, paid again by every run of a sweep, on the writer's core while the engine runs
+(on this machine's 2 vCPUs that work slows the engine itself: the store's overhead on a run was mostly
+that). So a data set's rows are written once, content-addressed, to
+
+    <root>/_market/<key>.parquet     market_set, market_row, timestamp, symbol, open, high, low, close, volume
+
+and a run's BAR files carry, instead of the five payload columns, `market_set` (the key, a one-value
+dictionary column) and `market_row` (the data set row, delta-encoded: both cost a few KB per 1M bars).
+Every BAR event is still one row of its run's BAR file, with all its TracedEvent fields; readers
+(`attach`) put the payload back, so `load_events` returns what it always did. Direct SQL joins on the two
+columns (README: "BAR prices in SQL"):
+
+    SELECT b.seq, m.close FROM read_parquet('<root>/*/event_type=BAR/*.parquet', hive_partitioning=true) b
+    JOIN read_parquet('<root>/_market/*.parquet') m USING (market_set, market_row)
+
+The key is a SHA-256 of the rows (timestamps, symbols, OHLCV): the same data gives the same key in any
+process, on any day, so a sweep's runs, reruns and other sweeps share one file. Computed once per data set
+per process (`MarketData.derived`, ~30 ms per 1M bars; data sets are not modified once loaded).
+
+Data sets over `MAX_SET_BYTES` keep their payload inline in each run's BAR files: a writer process does not
+hold them whole (service.py sends their rows batch by batch), so it could not write the set.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from tradetrace.store import layout
+
+if TYPE_CHECKING:
+    from tradetrace.engine.data import MarketData
+    from tradetrace.events.recorder import MarketWindow
+
+MARKET_DIR = "_market"
+#: The BAR payload columns a market set holds (the run's BAR files hold the references instead).
+PAYLOAD = ("open", "high", "low", "close", "volume")
+#: The reference columns of a run's BAR files.
+REFS = ("market_set", "market_row")
+#: Data sets larger than this (market columns' bytes) keep their BAR payloads inline (see module docstring);
+#: the same bound as the writer process's "send whole" rule.
+MAX_SET_BYTES = 96 << 20
+
+
+def nbytes(market: MarketData) -> int:
+    """Bytes of the market columns a run's BARs read (what a writer process would hold)."""
+    return sum(a.nbytes for a in (market.ts, market.symbol_idx, market.open, market.high, market.low, market.close,
+                                  market.volume))
+
+
+def set_key(market: MarketData) -> str | None:
+    """The data set's content key, or None when its BAR payloads stay inline (too big, or empty)."""
+    if len(market.ts) == 0 or nbytes(market) > MAX_SET_BYTES:
+        return None
+    key = market.derived.get("market_set")
+    if key is None:
+        h = hashlib.sha256()
+        h.update(b"tradetrace-market-set-v1\0")
+        h.update("\0".join(market.symbols).encode())
+        for a in (market.ts, market.symbol_idx, market.open, market.high, market.low, market.close, market.volume):
+            arr = np.ascontiguousarray(a)
+            h.update(str(arr.dtype).encode())
+            h.update(arr)
+        key = market.derived["market_set"] = h.hexdigest()[:32]
+    return key
+
+
+def set_path(root: Path, key: str) -> Path:
+    if not (len(key) == 32 and all(c in "0123456789abcdef" for c in key)):
+        raise layout.StoreError(f"invalid market set key {key!r}")
+    return Path(root) / MARKET_DIR / f"{key}.parquet"
+
+
+def set_table(key: str, market: MarketData | MarketWindow) -> pa.Table:
+    """A whole data set as the rows of its market set file (market rows in order: position == market_row)."""
+    from tradetrace.events.recorder import const_code
+
+    if getattr(market, "start", 0) != 0:
+        raise ValueError("a market set is written from the whole data set")
+    n = len(market.ts)
+    sym = pa.DictionaryArray.from_arrays(pa.array(np.asarray(market.symbol_idx, dtype=np.int32)),
+                                         pa.array(list(market.symbols), pa.string()))
+    return pa.table({
+        "market_set": const_code(key, n),
+        "market_row": pa.array(np.arange(n, dtype=np.int64)),
+        "timestamp": pa.array(np.asarray(market.ts, dtype=np.int64)).view(pa.timestamp("ns", tz="UTC")),
+        "symbol": sym,
+        **{c: pa.array(np.asarray(getattr(market, c), dtype=np.float64)) for c in PAYLOAD},
+    })
+
+
+def file_to_write(root: Path, key: str, market: MarketData | MarketWindow,
+                  compression: str) -> tuple[Path, pa.Buffer] | None:
+    """(path, Parquet bytes) of the market set if the store lacks it, for the run's first segment commit (so
+    no BAR row is durable before the rows it refers to); None if it is there (written atomically: present
+    means complete)."""
+    from tradetrace.store import codec
+
+    path = set_path(root, key)
+    layout.make_dirs(path.parent)
+    with _lock(root, exclusive=False):  # not while `prune` collects sets no manifest names (see collect)
+        if path.exists():
+            return None
+    return path, codec.market_bytes(set_table(key, market), compression)
+
+
+@contextmanager
+def _lock(root: Path, exclusive: bool) -> Iterator[None]:
+    """The market sets' lock: shared while a writer checks a set exists, exclusive while `collect` deletes."""
+    d = Path(root) / MARKET_DIR
+    layout.make_dirs(d)
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class Payloads:
+    """Where `attach` finds a market set's rows: the store's files (read once per object) or, for tables a
+    writer keeps in memory, the run's own MarketData."""
+
+    def __init__(self, root: Path | None = None, market: MarketData | None = None) -> None:
+        self.root = root
+        self.market = market
+        self._sets: dict[str, pa.Table] = {}
+
+    def rows(self, key: str) -> pa.Table:
+        """The set's payload columns (as stored: DECIMAL prices where exact), row i = market_row i."""
+        got = self._sets.get(key)
+        if got is not None:
+            return got
+        if self.market is not None and set_key(self.market) == key:
+            got = pa.table({c: getattr(self.market, c) for c in PAYLOAD})
+        elif self.root is not None:
+            import pyarrow.parquet as pq
+
+            path = set_path(self.root, key)
+            if not path.exists():
+                raise layout.StoreError(f"market set {key} (the BAR prices of this run) is missing from the event "
+                                        f"store {self.root}: {path}")
+            got = pq.read_table(path, columns=list(PAYLOAD), partitioning=None)
+        else:
+            raise layout.StoreError(f"market set {key} is not available here")
+        self._sets[key] = got
+        return got
+
+
+def attach(table: pa.Table, payloads: Payloads) -> pa.Table:
+    """A BAR table stored with references -> the same table with its payload columns instead (the order of
+    the old inline files); a table without references is returned as it is."""
+    if "market_row" not in table.column_names:
+        return table
+    distinct = set(table.column("market_set").unique().to_pylist())
+    base = table.drop_columns(list(REFS))
+    if not distinct:  # no rows
+        return _empty_payload(base)
+    if len(distinct) > 1 or None in distinct:
+        raise layout.StoreError(f"a BAR table refers to {len(distinct)} market sets; expected one")
+    rows = payloads.rows(distinct.pop())
+    idx = table.column("market_row").to_numpy()
+    n = rows.num_rows
+    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        raise layout.StoreError(f"BAR market_row out of range of its market set ({n} rows): {int(idx.max())}")
+    lo = int(idx[0]) if len(idx) else 0
+    contiguous = len(idx) and idx[-1] - lo == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
+    picked = rows.slice(lo, len(idx)) if contiguous else rows.take(pa.array(idx))
+    for c in PAYLOAD:
+        base = base.append_column(c, picked.column(c))
+    return base
+
+
+def _empty_payload(base: pa.Table) -> pa.Table:
+    for c in PAYLOAD:
+        base = base.append_column(c, pa.array([], pa.float64()))
+    return base
+
+
+def collect(root: Path) -> list[str]:
+    """Delete the market sets no run of the store refers to (after `prune`); returns their keys.
+
+    Why it is safe beside running writers: a run's manifest names its set before its writer checks that
+    the set exists, and that check and this scan exclude each other (`_lock`). A writer that checked
+    first has its manifest seen here; one that checks after finds the set gone and writes it again."""
+    from tradetrace.store import maintenance
+
+    d = Path(root) / MARKET_DIR
+    if not d.is_dir():
+        return []
+    with _lock(root, exclusive=True):
+        used = set()
+        for run in maintenance.run_ids(root):
+            try:
+                m = layout.read_json(layout.manifest_path(root, run))
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            if m.get("market_set"):
+                used.add(m["market_set"])
+        gone = []
+        for p in d.glob("*.parquet"):
+            if p.stem not in used:
+                p.unlink(missing_ok=True)
+                gone.append(p.stem)
+    return sorted(gone)
