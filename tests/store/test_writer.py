@@ -304,3 +304,33 @@ def test_a_killed_writer_process_fails_the_run_with_the_lost_range(store: EventS
     nxt = tt.run_backtest(run_config(bars=5_000))
     assert nxt.status == "completed" and nxt.recorder.writer_pid != writer.pid
     assert store.verify(nxt.run_id)[0]["ok"]
+
+
+def test_batches_cross_to_the_writer_out_of_band() -> None:
+    """A batch's big columns leave the pickle (protocol 5 with a buffer callback, as the writer transport
+    pickles): the head is small, and the batch read back from a shared buffer makes the same tables. Other
+    protocols still pickle it in band."""
+    import io
+    import pickle
+
+    from tradetrace.engine import synthetic
+
+    md, _ = synthetic.generate(30_000, seed=3, freq="1min")
+    res = tt.run_backtest({**run_config(bars=30_000, chunk=30_000), "store": {"enabled": False}}, market=md)
+    (batch,) = [b for b in res.recorder._batches if len(b.log) > 2_000]
+    bufs: list[pickle.PickleBuffer] = []
+    f = io.BytesIO()
+    pickle.Pickler(f, protocol=5, buffer_callback=bufs.append).dump((batch, None))
+    head = f.getbuffer()
+    total = sum(b.raw().nbytes for b in bufs)
+    assert bufs and len(head) < total / 4
+    slot = service._Slot(0, len(head) + total + 16 + 8 * len(bufs))
+    slot.write(head, [b.raw() for b in bufs])
+    back, spec = service.read_slot(slot.map)
+    slot.close()
+    assert spec is None
+    for other in (back, pickle.loads(pickle.dumps(batch, protocol=4))):
+        got, want = other.tables(md), batch.tables(md)
+        assert list(got) == list(want)
+        for t in want:
+            assert got[t].to_pandas().equals(want[t].to_pandas()), t

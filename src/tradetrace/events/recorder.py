@@ -9,6 +9,7 @@ implements the same protocol.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -157,6 +158,27 @@ class ChunkLog:
 
     def __len__(self) -> int:
         return len(self.rt) // 8
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        """Pickled with protocol 5, big columns are PickleBuffers: a pickler with a buffer_callback (the store's
+        writer transport) passes them out of band, so they are copied once, straight into shared memory, not
+        first into the pickle. (A Pickler's reducer_override never sees bytes: CPython pickles them directly.)"""
+        big = _out_of_band if protocol >= 5 else _same
+        payload = [None if cols is None else tuple(big(c) for c in cols) for cols in self.payload]
+        return (ChunkLog, (big(self.rt), big(self.cause), big(self.emitted), big(self.source), payload,
+                           (big(self.links[0]), big(self.links[1])), big(self.received), big(self.drain_ends),
+                           self.strings))
+
+
+_OUT_OF_BAND_MIN = 1 << 12  # smaller columns cost more to frame (a length, a slice) than to copy
+
+
+def _out_of_band(b: bytes) -> Any:
+    return pickle.PickleBuffer(b) if len(b) >= _OUT_OF_BAND_MIN else b
+
+
+def _same(b: bytes) -> bytes:
+    return b
 
 
 def _payload_col(raw: bytes, typ: pa.DataType, strings: pa.Array) -> pa.Array:

@@ -164,7 +164,10 @@ def attach(table: pa.Table, payloads: Payloads) -> pa.Table:
     the old inline files); a table without references is returned as it is."""
     if "market_row" not in table.column_names:
         return table
-    distinct = set(table.column("market_set").unique().to_pylist())
+    distinct: set[str | None] = set()
+    for chunk in table.column("market_set").chunks:  # a one-value dictionary per chunk: no pass over the rows
+        one = isinstance(chunk, pa.DictionaryArray) and len(chunk.dictionary) == 1 and not chunk.null_count
+        distinct.update(chunk.dictionary.to_pylist() if one else chunk.unique().to_pylist())
     base = table.drop_columns(list(REFS))
     if not distinct:  # no rows
         return _empty_payload(base)
@@ -176,7 +179,9 @@ def attach(table: pa.Table, payloads: Payloads) -> pa.Table:
     if len(idx) and (idx.min() < 0 or idx.max() >= n):
         raise layout.StoreError(f"BAR market_row out of range of its market set ({n} rows): {int(idx.max())}")
     lo = int(idx[0]) if len(idx) else 0
-    contiguous = len(idx) and idx[-1] - lo == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
+    # A run's BARs are distinct rows in increasing order, so first and last tell whether they are a range
+    # (every unsampled run: a slice, no copy) or a subset (sampled: a take).
+    contiguous = len(idx) and idx[-1] - lo == len(idx) - 1
     picked = rows.slice(lo, len(idx)) if contiguous else rows.take(pa.array(idx))
     for c in PAYLOAD:
         base = base.append_column(c, picked.column(c))

@@ -163,7 +163,8 @@ class WriterService:
             spec = ("key", key) if key in self._markets else ("market", key, MarketWindow.whole(market))
         buffers: list[pickle.PickleBuffer] = []
         f = io.BytesIO()
-        _OutOfBand(f, protocol=5, buffer_callback=buffers.append).dump((batch, spec))
+        # protocol 5: a batch's big columns come out of band (ChunkLog.__reduce_ex__), copied once, into the buffer
+        pickle.Pickler(f, protocol=5, buffer_callback=buffers.append).dump((batch, spec))
         head = f.getbuffer()
         views = [b.raw() for b in buffers]
         size = 16 + len(head) + sum(8 + v.nbytes for v in views)
@@ -201,16 +202,6 @@ class WriterService:
         self._free.clear()
         self.conn.close()
         _EXITING.append(self.proc)
-
-
-class _OutOfBand(pickle.Pickler):
-    """Big bytes columns (a batch's recorded events) go out of band like numpy arrays do: copied once,
-    into the shared buffer, instead of into the pickle and then into the buffer."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is bytes and len(obj) >= 1 << 16:
-            return bytes, (pickle.PickleBuffer(obj),)
-        return NotImplemented
 
 
 class _Slot:
@@ -281,11 +272,12 @@ def read_slot(m: mmap.mmap) -> Any:
     head_len, count = struct.unpack_from("<qq", m, 0)
     pos = 16 + head_len
     buffers = []
-    for _ in range(count):
-        (n,) = struct.unpack_from("<q", m, pos)
-        buffers.append(bytearray(m[pos + 8:pos + 8 + n]))  # a copy: the buffer takes the next batch
-        pos += 8 + n
-    return pickle.loads(m[16:16 + head_len], buffers=buffers)
+    with memoryview(m) as view:
+        for _ in range(count):
+            (n,) = struct.unpack_from("<q", m, pos)
+            buffers.append(bytearray(view[pos + 8:pos + 8 + n]))  # one copy: the buffer takes the next batch
+            pos += 8 + n
+        return pickle.loads(view[16:16 + head_len], buffers=buffers)
 
 
 _EXITING: list[subprocess.Popen | _Forked] = []  # closed writers not yet reaped
