@@ -80,6 +80,9 @@ def test_four_workers_lose_and_duplicate_nothing(db_url: str) -> None:
     assert all(stored[r["correlation_id"]]["event_count"] == r["event_count"] for r in rows)
     report = store.verify()
     assert len(report) == 8 and all(v["ok"] for v in report), [v["problems"] for v in report]
+    # the data set's BAR prices: one market set, written by the coordinator, named by every run
+    sets = [p.stem for p in (store.root / "_market").glob("*.parquet")]
+    assert len(sets) == 1 and {r["market_set"] for r in stored.values()} == set(sets)
 
 
 def test_non_strategy_grid_values_are_stored_in_parameters(db_url: str) -> None:

@@ -116,6 +116,19 @@ def file_to_write(root: Path, key: str, market: MarketData | MarketWindow,
     return path, codec.market_bytes(set_table(key, market), compression)
 
 
+def ensure(root: Path, market: MarketData, compression: str = "zstd") -> str | None:
+    """Store the data set's market set now if the store lacks it; returns its key (None: payloads stay inline).
+
+    A sweep's coordinator calls this before its workers start: otherwise each worker's first run writes the
+    same set (a 40k-bar sweep run's writer spent ~6 ms on it, a 1M-bar one ~150 ms)."""
+    key = set_key(market)
+    if key is not None:
+        got = file_to_write(root, key, market, compression)
+        if got is not None:
+            layout.write_durably(*got)
+    return key
+
+
 @contextmanager
 def _lock(root: Path, exclusive: bool) -> Iterator[None]:
     """The market sets' lock: shared while a writer checks a set exists, exclusive while `collect` deletes."""

@@ -28,6 +28,7 @@ from tradetrace.config import ClassifierConfig, RunConfig
 from tradetrace.engine import classifiers
 from tradetrace.engine.backtest import load_data
 from tradetrace.paths import database_url, events_dir
+from tradetrace.store import market as market_sets
 from tradetrace.sweep.executors import RunTask, TaskOutcome, make_executor
 from tradetrace.sweep.grid import Combination, Grid, expand, load_grid, parse_grid
 from tradetrace.sweep.rowwriter import RowWriter
@@ -142,6 +143,9 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
         # Labels of the classifiers every combination shares, computed once here rather than once per
         # worker: forked workers inherit them, Ray workers receive them with the data (MarketData.derived).
         classifiers.prepare(_shared_classifiers(todo), market)
+        cfg0 = todo[0].config
+        if cfg0.tracing.enabled and cfg0.store.enabled:  # the data set's BAR prices, stored once for every run
+            market_sets.ensure(events_dir(cfg0.store.path), market, cfg0.store.compression)
         for out in ex.run(tasks, market):
             if out.status == "completed":
                 summary.completed += 1
