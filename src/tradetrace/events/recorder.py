@@ -87,7 +87,9 @@ _TS = pa.timestamp("ns", tz="UTC")
 
 def const_code(value: str, n: int) -> pa.DictionaryArray:
     """A dictionary string column (DICT_STRING) of one repeated value: n zero codes, the value once."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
+    # safe=False: the codes are ours and in range; the check is a pass over them (called per column and batch)
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()),
+                                          safe=False)
 
 
 def codes_of(codes: np.ndarray, strings: pa.Array) -> pa.DictionaryArray:
@@ -104,7 +106,7 @@ def codes_of(codes: np.ndarray, strings: pa.Array) -> pa.DictionaryArray:
         codes = remap[np.where(null, 0, codes)]
         strings = strings.filter(pa.array(used))
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=null if null.any() else None),
-                                          strings)
+                                          strings, safe=False)
 
 
 def const_str(value: str, n: int) -> pa.Array:
