@@ -109,5 +109,7 @@ def test_the_key_is_the_content() -> None:
     c.close[1_000] += 0.01
     c.derived.clear()
     assert market.set_key(c) != market.set_key(a)
+    with pytest.raises(ValueError, match="read-only"):  # a hashed data set cannot change under its key
+        a.close[0] = 1.0
     with pytest.raises(StoreError):
         market.set_path(Path("/tmp"), "../../etc")

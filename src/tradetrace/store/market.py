@@ -19,7 +19,8 @@ columns (README: "BAR prices in SQL"):
 
 The key is a SHA-256 of the rows (timestamps, symbols, OHLCV): the same data gives the same key in any
 process, on any day, so a sweep's runs, reruns and other sweeps share one file. Computed once per data set
-per process (`MarketData.derived`, ~30 ms per 1M bars; data sets are not modified once loaded).
+per process (`MarketData.derived`, ~30 ms per 1M bars); the hashed arrays become read-only, so a data set
+cannot change under its key.
 
 Data sets over `MAX_SET_BYTES` keep their payload inline in each run's BAR files: a writer process does not
 hold them whole (service.py sends their rows batch by batch), so it could not write the set.
@@ -73,6 +74,9 @@ def set_key(market: MarketData) -> str | None:
             arr = np.ascontiguousarray(a)
             h.update(str(arr.dtype).encode())
             h.update(arr)
+            # The key now stands for these values: an in-place edit would make later runs point at prices they
+            # did not see. Read-only arrays turn that into an error at the edit (make a new MarketData instead).
+            a.flags.writeable = False
         key = market.derived["market_set"] = h.hexdigest()[:32]
     return key
 
