@@ -2,7 +2,8 @@
 
 `EventStore` is the one entry point: it hands out recorders (the writing side, `writer.py`) and
 answers questions about stored runs (`reader.py`, `queries.py`, `maintenance.py`). Layout and the
-partitioning decision: `layout.py`; encodings: `codec.py`; sampling: `sampling.py`.
+partitioning decision: `layout.py`; encodings: `codec.py`; BAR prices stored once per data set:
+`market.py`; sampling: `sampling.py`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ Layout (hive partitioning, DESIGN.md decision 3):
     <root>/_runs/<run_id>.json       the run's manifest (catalog): info, status, counts, files
     <root>/_runs/<run_id>.journal    append-only, one JSON line per durable segment
     <root>/_runs/<run_id>.seqindex.parquet   after compaction: seq, type, causation_seq of non-BAR events
+    <root>/_market/<key>.parquet     a data set's BAR prices, stored once for every run on it (market.py)
 
 `date` is the run's wall-clock start date (UTC), not the market date: a 1M-minute-bar run spans years
 of market time and would otherwise scatter into thousands of tiny files; with the start date a run
