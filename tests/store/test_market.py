@@ -69,6 +69,12 @@ def test_compaction_lookup_and_sampling_keep_the_references(store: EventStore) -
     assert store.load_events(run.run_id).to_pandas().equals(before.to_pandas())
     bar = store.event(f"{run.run_id}:{before.column('seq')[100].as_py()}")  # a point lookup of a BAR
     assert bar.column("close")[0].as_py() == before.column("close")[100].as_py()
+    from tradetrace.store.reader import RunReader
+
+    reader = RunReader(store.root, run.run_id)  # a lineage step reads the BAR's row group, not the whole set
+    last = before.num_rows - 2  # the last BAR (the run ends with RUN_END)
+    assert reader.lookup(before.column("seq")[last].as_py()).column("close")[0].as_py() == md.close[-1]
+    assert not reader._payloads._sets and len(reader._payloads._groups) == 1
     assert store.verify(run.run_id)[0]["ok"]
     sampled = tt.run_backtest(run_config(bars=9_000, sampling={"enabled": True, "base_rate": 0.05}), market=md)
     bars = store.load_events(sampled.run_id, types=["BAR"])

@@ -150,30 +150,72 @@ class Payloads:
     """Where `attach` finds a market set's rows: the store's files (read once per object) or, for tables a
     writer keeps in memory, the run's own MarketData."""
 
+    #: At most this many rows are looked up by reading only their row groups (a lineage step's BAR), not the set.
+    POINT_ROWS = 64
+
     def __init__(self, root: Path | None = None, market: MarketData | None = None) -> None:
         self.root = root
         self.market = market
         self._sets: dict[str, pa.Table] = {}
+        self._groups: dict[tuple[str, int], pa.Table] = {}
+
+    def _path(self, key: str) -> Path:
+        if self.root is None:
+            raise layout.StoreError(f"market set {key} is not available here")
+        path = set_path(self.root, key)
+        if not path.exists():
+            raise layout.StoreError(f"market set {key} (the BAR prices of this run) is missing from the event "
+                                    f"store {self.root}: {path}")
+        return path
+
+    def _in_memory(self, key: str) -> pa.Table | None:
+        if self.market is not None and set_key(self.market) == key:
+            return pa.table({c: getattr(self.market, c) for c in PAYLOAD})
+        return None
 
     def rows(self, key: str) -> pa.Table:
         """The set's payload columns (as stored: DECIMAL prices where exact), row i = market_row i."""
         got = self._sets.get(key)
-        if got is not None:
-            return got
-        if self.market is not None and set_key(self.market) == key:
-            got = pa.table({c: getattr(self.market, c) for c in PAYLOAD})
-        elif self.root is not None:
-            import pyarrow.parquet as pq
+        if got is None:
+            got = self._in_memory(key)
+            if got is None:
+                import pyarrow.parquet as pq
 
-            path = set_path(self.root, key)
-            if not path.exists():
-                raise layout.StoreError(f"market set {key} (the BAR prices of this run) is missing from the event "
-                                        f"store {self.root}: {path}")
-            got = pq.read_table(path, columns=list(PAYLOAD), partitioning=None)
-        else:
-            raise layout.StoreError(f"market set {key} is not available here")
-        self._sets[key] = got
+                got = pq.read_table(self._path(key), columns=list(PAYLOAD), partitioning=None)
+            self._sets[key] = got
         return got
+
+    def take(self, key: str, idx: np.ndarray) -> pa.Table:
+        """The payload rows `idx` (increasing market rows): a slice when they are a range; a few rows are read
+        from their row groups only (a BAR at the end of a lineage walk: ~2 ms, not a whole 1M-row set)."""
+        if len(idx) <= self.POINT_ROWS and key not in self._sets and self._in_memory(key) is None:
+            return self._point_rows(key, idx)
+        rows = self.rows(key)
+        if len(idx) and (idx.min() < 0 or idx.max() >= rows.num_rows):
+            raise layout.StoreError(f"BAR market_row out of range of market set {key} ({rows.num_rows} rows): "
+                                    f"{int(idx.max())}")
+        lo = int(idx[0]) if len(idx) else 0
+        # A run's BARs are distinct rows in increasing order, so first and last tell whether they are a range
+        # (every unsampled run: a slice, no copy) or a subset (sampled: a take).
+        if len(idx) and idx[-1] - lo == len(idx) - 1:
+            return rows.slice(lo, len(idx))
+        return rows.take(pa.array(idx))
+
+    def _point_rows(self, key: str, idx: np.ndarray) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self._path(key))
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)])
+        parts = []
+        for i in idx.tolist():
+            g = int(np.searchsorted(starts, i, side="right")) - 1
+            if i < 0 or not 0 <= g < pf.metadata.num_row_groups:
+                raise layout.StoreError(f"BAR market_row {i} out of range of market set {key} ({starts[-1]} rows)")
+            rg = self._groups.get((key, g))
+            if rg is None:
+                rg = self._groups[(key, g)] = pf.read_row_group(g, columns=list(PAYLOAD), use_threads=False)
+            parts.append(rg.slice(i - int(starts[g]), 1))
+        return pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table().select(list(PAYLOAD))
 
 
 def attach(table: pa.Table, payloads: Payloads) -> pa.Table:
@@ -190,16 +232,8 @@ def attach(table: pa.Table, payloads: Payloads) -> pa.Table:
         return _empty_payload(base)
     if len(distinct) > 1 or None in distinct:
         raise layout.StoreError(f"a BAR table refers to {len(distinct)} market sets; expected one")
-    rows = payloads.rows(distinct.pop())
-    idx = table.column("market_row").to_numpy()
-    n = rows.num_rows
-    if len(idx) and (idx.min() < 0 or idx.max() >= n):
-        raise layout.StoreError(f"BAR market_row out of range of its market set ({n} rows): {int(idx.max())}")
-    lo = int(idx[0]) if len(idx) else 0
-    # A run's BARs are distinct rows in increasing order, so first and last tell whether they are a range
-    # (every unsampled run: a slice, no copy) or a subset (sampled: a take).
-    contiguous = len(idx) and idx[-1] - lo == len(idx) - 1
-    picked = rows.slice(lo, len(idx)) if contiguous else rows.take(pa.array(idx))
+    key = distinct.pop()
+    picked = payloads.take(key, table.column("market_row").to_numpy())
     for c in PAYLOAD:
         base = base.append_column(c, picked.column(c))
     return base
