@@ -479,22 +479,34 @@ def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) ->
         to_merged = np.asarray(pc.index_in(d, value_set=dictionary), dtype=np.int32)
         c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
         c = c[codes.offset:codes.offset + len(codes)]
+        if len(to_merged) == 1:
+            if to_merged[0]:  # code 0 is there already: a run id, the BARs' source ("data" sorts first), one symbol
+                idx[p_pos] = to_merged[0]
+            continue
         # clip: a null slot's code is unspecified (its row is masked by the validity bitmap anyway)
-        idx[p_pos] = np.take(to_merged, c, mode="clip") if len(to_merged) > 1 else to_merged[0]
+        idx[p_pos] = np.take(to_merged, c, mode="clip")
     bitmap, nulls = masks.validity(sources)
     codes = pa.Array.from_buffers(pa.int32(), n, [bitmap, pa.py_buffer(idx)], null_count=nulls)
     return pa.DictionaryArray.from_arrays(codes, dictionary)
 
 
 def _scatter_sparse(n: int, t: pa.DataType, sources: Sources) -> pa.Array:
-    """Any other type (lists): gather the rows that have values, then place them by output position."""
+    """Lists (`links`: a FILL's few, every other row null): gather the rows that have values in output order,
+    then build the output's offsets directly (a take over every output row cost ~10 ms per 1M-event load)."""
     have = [(p, c) for p, c in sources if c is not None and c.null_count < len(c)]
     rows = pa.chunked_array([ch.cast(t) if ch.type != t else ch for _, c in have for ch in c.chunks], type=t)
     where = np.concatenate([p for p, _ in have])
     order = np.argsort(where, kind="stable")
     rows = rows.take(pa.array(order)).combine_chunks()
+    if not pa.types.is_list(t):  # no other nested type is stored today; keep a general (slower) path
+        full = np.full(n, -1, dtype=np.int64)
+        full[where[order]] = np.arange(len(where))
+        return rows.take(pa.array(full, mask=full < 0))
     where = where[order]
-    full = np.full(n, -1, dtype=np.int64)
-    full[where] = np.arange(len(where))
-    take = pa.array(full, mask=full < 0)
-    return rows.take(take)
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[where] = np.asarray(pc.list_value_length(rows).fill_null(0), dtype=np.int32)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    valid = np.zeros(n, dtype=bool)
+    valid[where] = np.asarray(rows.is_valid())
+    return pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(rows), type=t, mask=pa.array(~valid))
