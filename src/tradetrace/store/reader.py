@@ -124,14 +124,14 @@ class RunReader:
         if not paths:
             return []
         key = self.record.get("market_set")
-        if len(paths) == 1 and not key:
+        key = key if key and any(t == EventType.BAR for t, _ in paths) else None  # the BAR prices' market set
+        if len(paths) == 1 and key is None:
             tabs = [read_stored(paths[0][1])]
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(4, len(paths) + 1)) as ex:
-                # the BAR prices' market set decodes beside the run's files
-                pre = ex.submit(self._payloads.rows, key) if key and EventType.BAR in dict(paths) else None
+                pre = ex.submit(self._payloads.rows, key) if key else None  # decodes beside the run's files
                 tabs = list(ex.map(read_stored, [p for _, p in paths]))
                 if pre is not None:
                     pre.result()
