@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import duckdb
@@ -89,8 +91,14 @@ def test_prune_deletes_sets_no_run_refers_to(store: EventStore) -> None:
     ra = tt.run_backtest(run_config(bars=3_000), market=a)
     tt.run_backtest(run_config(bars=3_000), market=b)
     assert len(list((store.root / market.MARKET_DIR).glob("*.parquet"))) == 2
+    stale = store.root / market.MARKET_DIR / ".deadbeef.parquet.1.1.tmp"  # a killed writer's leftover
+    stale.write_bytes(b"torn")
+    os.utime(stale, (time.time() - 2 * market.STALE_TMP_S,) * 2)
+    fresh = store.root / market.MARKET_DIR / ".cafe.parquet.2.2.tmp"  # a writer still writing
+    fresh.write_bytes(b"partial")
     assert store.prune(keep_last=1) == [ra.run_id]
     assert [p.stem for p in (store.root / market.MARKET_DIR).glob("*.parquet")] == [market.set_key(b)]
+    assert not stale.exists() and fresh.exists()
     ra2 = tt.run_backtest(run_config(bars=3_000), market=a)  # a set deleted is written again by its next run
     assert store.load_events(ra2.run_id, types=["BAR"]).column("close").to_numpy().tolist() == a.close.tolist()
 

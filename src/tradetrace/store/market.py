@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,8 @@ REFS = ("market_set", "market_row")
 #: Data sets larger than this (market columns' bytes) keep their BAR payloads inline (see module docstring);
 #: the same bound as the writer process's "send whole" rule.
 MAX_SET_BYTES = 96 << 20
+#: Temporary set files older than this are leftovers of killed writers (`collect` removes them).
+STALE_TMP_S = 3600
 
 
 def nbytes(market: MarketData) -> int:
@@ -279,4 +282,12 @@ def collect(root: Path) -> list[str]:
             if p.stem not in used:
                 p.unlink(missing_ok=True)
                 gone.append(p.stem)
+        # A writer killed while writing a set leaves its temporary file; one that is still writing renames its
+        # file within a second, so only old ones are removed.
+        for p in d.glob(".*.tmp"):
+            try:
+                if time.time() - p.stat().st_mtime > STALE_TMP_S:
+                    p.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
     return sorted(gone)
