@@ -103,7 +103,7 @@ def _write(t: pa.Table, enc: dict[str, str], dict_cols: list[str], bss: list[str
     sink = pa.BufferOutputStream()
     pq.write_table(t, sink, compression=compression, row_group_size=row_group_size, use_dictionary=dict_cols,
                    column_encoding=enc or None, use_byte_stream_split=bss or False,
-                   store_decimal_as_integer=True, write_statistics=["seq", "market_row"], data_page_version="2.0")
+                   store_decimal_as_integer=True, write_statistics=["seq"], data_page_version="2.0")
     return sink.getvalue()
 
 

@@ -180,17 +180,16 @@ class Payloads:
                                     f"store {self.root}: {path}")
         return path
 
-    def _in_memory(self, key: str) -> pa.Table | None:
-        if self.market is not None and set_key(self.market) == key:
-            return pa.table({c: getattr(self.market, c) for c in PAYLOAD})
-        return None
+    def _in_memory(self, key: str) -> bool:
+        return self.market is not None and set_key(self.market) == key
 
     def rows(self, key: str) -> pa.Table:
         """The set's payload columns (as stored: DECIMAL prices where exact), row i = market_row i."""
         got = self._sets.get(key)
         if got is None:
-            got = self._in_memory(key)
-            if got is None:
+            if self._in_memory(key):
+                got = pa.table({c: getattr(self.market, c) for c in PAYLOAD})
+            else:
                 import pyarrow.parquet as pq
 
                 got = pq.read_table(self._path(key), columns=list(PAYLOAD), partitioning=None)
@@ -200,7 +199,7 @@ class Payloads:
     def take(self, key: str, idx: np.ndarray) -> pa.Table:
         """The payload rows `idx` (increasing market rows): a slice when they are a range; a few rows are read
         from their row groups only (a BAR at the end of a lineage walk: ~2 ms, not a whole 1M-row set)."""
-        if len(idx) <= self.POINT_ROWS and key not in self._sets and self._in_memory(key) is None:
+        if len(idx) <= self.POINT_ROWS and key not in self._sets and not self._in_memory(key):
             return self._point_rows(key, idx)
         rows = self.rows(key)
         if len(idx) and (idx.min() < 0 or idx.max() >= rows.num_rows):
