@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -48,6 +49,34 @@ def test_load_events_filters_and_conveniences(store, two_runs) -> None:
         assert stored.schema.field(name).type == pa.dictionary(pa.int32(), pa.string()), name
     assert stored.column("correlation_id").combine_chunks().dictionary.to_pylist() == [run.run_id]
     assert run.events().schema.equals(stored.schema)
+
+
+def _decoded(tab: pa.Table) -> pd.DataFrame:
+    """Dictionary columns as plain strings (a head of a run may have a smaller dictionary, not other values),
+    as pandas (whose `equals` takes NaN prices of market orders as equal)."""
+    return pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
+                     for n, c in zip(tab.column_names, tab.columns, strict=True)}).to_pandas()
+
+
+def test_load_events_limit_reads_the_first_events_of_every_segment(store) -> None:
+    run = tt.run_backtest(run_config(bars=15_000, chunk=1_000, durability_events=2_000))
+    assert len(list(store.root.glob(f"date=*/event_type=BAR/{run.run_id}*.parquet"))) > 1  # several segments
+    for compacted in (False, True):
+        whole = store.load_events(run.run_id)
+        fills = store.load_events(run.run_id, types=["FILL", "SIGNAL"])
+        for n in (1, 7, 64, 65, 3_000, whole.num_rows + 10):
+            head = store.load_events(run.run_id, limit=n)
+            assert head.schema.equals(whole.schema)
+            assert _decoded(head).equals(_decoded(whole.slice(0, n))), (compacted, n)
+            head = store.load_events(run.run_id, types=["fill", "signal"], limit=n)
+            assert _decoded(head).equals(_decoded(fills.slice(0, n))), (compacted, n)
+        mid = whole.column("timestamp")[4_000].as_py()
+        windowed = store.load_events(run.run_id, start=mid)
+        assert _decoded(store.load_events(run.run_id, start=mid, limit=50)).equals(_decoded(windowed.slice(0, 50)))
+        assert store.load_events(run.run_id, limit=0).num_rows == 0
+        store.compact(run.run_id)
+    with pytest.raises(StoreError, match="limit must be >= 0"):
+        store.load_events(run.run_id, limit=-1)
 
 
 def test_trade_lineage_matches_the_engine_trades(store, two_runs) -> None:

@@ -83,10 +83,13 @@ class EventStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def load_events(self, run_id: str, types: list[str] | None = None, start: Any = None,
-                    end: Any = None) -> pa.Table:
+                    end: Any = None, limit: int | None = None) -> pa.Table:
         """All events of a run (optionally some types, market time in [start, end)) as one Arrow table
         sorted by seq; payload columns of other types are null, string columns are dictionary-encoded
-        (pandas: Categorical), as in `BacktestResult.events()`."""
+        (pandas: Categorical), as in `BacktestResult.events()`. `limit`: only the first `limit` events
+        (without a time window only the row groups holding them are read)."""
+        if limit is not None and limit < 0:
+            raise StoreError(f"limit must be >= 0, not {limit}")
         reader = self._reader(run_id)
         wanted = None
         if types is not None:
@@ -97,7 +100,7 @@ class EventStore:
             wanted = [t for t in wanted if t in reader.types]
             if not wanted:
                 return concat_by_seq({})
-        return reader.events(wanted, start, end)
+        return reader.events(wanted, start, end, limit)
 
     def load_events_df(self, run_id: str, types: list[str] | None = None, start: Any = None,
                        end: Any = None) -> pd.DataFrame:

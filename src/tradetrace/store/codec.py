@@ -54,12 +54,12 @@ def _as_decimal(col: pa.ChunkedArray) -> pa.Array | None:
     return pa.Array.from_buffers(_DECIMAL, len(x), [None, pa.py_buffer(words)])
 
 
-def decimal_to_float(arr: pa.Array) -> np.ndarray:
+def decimal_to_float(arr: pa.Array, out: np.ndarray | None = None) -> np.ndarray:
     """A DECIMAL(18,s) array written by `_as_decimal` as float64 (null slots hold garbage: mask them).
 
     Only the low word of each int128 is read: `_as_decimal` keeps |ticks| < 1e17, inside int64."""
     words = np.frombuffer(arr.buffers()[1], dtype=np.int64)[2 * arr.offset: 2 * (arr.offset + len(arr))]
-    return words[0::2] / 10**arr.type.scale
+    return np.divide(words[0::2], 10**arr.type.scale, out=out)
 
 
 def _from_decimal(col: pa.ChunkedArray) -> pa.Array:
@@ -150,9 +150,22 @@ def from_disk(table: pa.Table, etype: EventType) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def read_file(path: Path, etype: EventType, columns: list[str] | None = None) -> pa.Table:
-    """One stored file as an event table (all columns, or `columns` of the stored ones)."""
-    t = pq.read_table(path, columns=columns, partitioning=None)
-    if columns is not None:
-        return t
-    return from_disk(t, etype)
+def read_parquet(path: Path, columns: list[str] | None = None, *, dictionary_strings: bool = False,
+                 head: int | None = None) -> pa.Table:
+    """One stored file as stored (`from_disk` turns it into an event table), or only its first `head` rows
+    (a file is sorted by seq: its earliest events; only the row groups holding them are decoded).
+
+    Through `ParquetFile`, not `pq.read_table`: the latter goes through pyarrow.dataset, whose import alone
+    costs ~170 ms, most of a CLI command's first load. `dictionary_strings` keeps string columns
+    dictionary-encoded (decoding a run id a million times is the most expensive step of a plain read;
+    `reader.merge_by_seq` decodes each distinct value once)."""
+    names = None
+    if dictionary_strings:
+        with pq.ParquetFile(path) as pf:
+            names = [f.name for f in pf.schema_arrow if pa.types.is_string(f.type)] or None
+    with pq.ParquetFile(path, read_dictionary=names) as pf:
+        if head is not None:
+            first = next(pf.iter_batches(batch_size=max(head, 1), columns=columns, use_threads=False), None)
+            if first is not None:
+                return pa.Table.from_batches([first]).slice(0, head)
+        return pf.read(columns=columns, use_threads=True)

@@ -43,11 +43,9 @@ def register(app: typer.Typer) -> None:
             root: Optional[str] = root_opt) -> None:  # noqa: UP045
         """Print a run's events in seq order."""
         try:
-            tab = _store(root).load_events(run_id, types=type_)
+            tab = _store(root).load_events(run_id, types=type_, limit=limit or None)
         except StoreError as exc:
             raise fail(str(exc)) from None
-        if limit:
-            tab = tab.slice(0, limit)
         cols = [c for c in tab.column_names if tab.column(c).null_count < tab.num_rows]
         rows = tab.select(cols).to_pylist()
         if as_json:

@@ -46,9 +46,9 @@ def compact_run(root: Path, run_id: str) -> bool:
         if len(paths) == 1 and paths[0] == final:
             new_files[t.name] = [str(final.relative_to(root))]
             if t != EventType.BAR:
-                causal[t] = pq.read_table(final, columns=["seq", "causation_seq"], partitioning=None)
+                causal[t] = codec.read_parquet(final, ["seq", "causation_seq"])
             continue
-        stored = [pq.read_table(p, partitioning=None) for p in paths]
+        stored = [codec.read_parquet(p) for p in paths]
         if "market_row" in stored[0].column_names:  # BARs stored with market set references: kept so
             table = pa.concat_tables(stored, promote_options="default")
         else:
@@ -178,8 +178,7 @@ def verify_run(root: Path, run_id: str) -> dict[str, Any]:
     links = []
     for t in tabs:
         if t != EventType.BAR:
-            lt = pq.read_table(reader.files(t)[0], columns=["links"]) if len(reader.files(t)) == 1 else \
-                pa.concat_tables([pq.read_table(p, columns=["links"]) for p in reader.files(t)])
+            lt = pa.concat_tables([codec.read_parquet(p, ["links"]) for p in reader.files(t)])
             flat = lt.column("links").combine_chunks().flatten().to_numpy(zero_copy_only=False)
             links.append(flat)
     if links:

@@ -190,9 +190,9 @@ class Payloads:
             if self._in_memory(key):
                 got = pa.table({c: getattr(self.market, c) for c in PAYLOAD})
             else:
-                import pyarrow.parquet as pq
+                from tradetrace.store.codec import read_parquet
 
-                got = pq.read_table(self._path(key), columns=list(PAYLOAD), partitioning=None)
+                got = read_parquet(self._path(key), list(PAYLOAD))
             self._sets[key] = got
         return got
 

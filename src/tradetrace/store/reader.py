@@ -7,7 +7,7 @@ journal (while running, or after a crash), so loading one run never lists the wh
 from __future__ import annotations
 
 import os
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ class RunReader:
             paths = self.files(t)
             if not paths:
                 continue
-            parts = [pq.read_table(p, columns=columns, partitioning=None) for p in paths]
+            parts = [codec.read_parquet(p, columns) for p in paths]
             tab = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             if columns is None:
                 tab = codec.from_disk(market.attach(tab, self._payloads), t)
@@ -114,25 +114,31 @@ class RunReader:
         return out
 
     def parts(self, types: list[EventType] | None = None, start: Any = None,
-              end: Any = None) -> list[tuple[EventType, pa.Table]]:
+              end: Any = None, head: int | None = None) -> list[tuple[EventType, pa.Table]]:
         """Every file of the run (or of `types`) as stored: string columns dictionary-encoded, prices
         possibly DECIMAL, no event_type column; for `merge_by_seq`, which decodes while it merges.
+        `head` (without a time window): only each file's first `head` rows, which hold the run's first
+        `head` events of those types (files are sorted by seq).
 
         Files are read concurrently (Parquet decoding releases the GIL) and each with Arrow's threads:
         the BAR file is ~80% of the bytes, so the small types' files decode while it does."""
         paths = [(t, p) for t in (types or self.types) for p in self.files(t)]
         if not paths:
             return []
+        if start is not None or end is not None:
+            head = None
         key = self.record.get("market_set")
         key = key if key and any(t == EventType.BAR for t, _ in paths) else None  # the BAR prices' market set
+        read = partial(codec.read_parquet, dictionary_strings=True, head=head)
         if len(paths) == 1 and key is None:
-            tabs = [read_stored(paths[0][1])]
+            tabs = [read(paths[0][1])]
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(4, len(paths) + 1)) as ex:
-                pre = ex.submit(self._payloads.rows, key) if key else None  # decodes beside the run's files
-                tabs = list(ex.map(read_stored, [p for _, p in paths]))
+                # the whole set decodes beside the run's files (a head's few BARs read their row groups only)
+                pre = ex.submit(self._payloads.rows, key) if key and head is None else None
+                tabs = list(ex.map(read, [p for _, p in paths]))
                 if pre is not None:
                     pre.result()
         out = []
@@ -142,9 +148,12 @@ class RunReader:
             out.append((t, market.attach(tab, self._payloads)))
         return out
 
-    def events(self, types: list[EventType] | None = None, start: Any = None, end: Any = None) -> pa.Table:
-        """The run's events (or `types`, market time in [start, end)) as one table sorted by seq."""
-        return merge_by_seq(self.parts(types, start, end))
+    def events(self, types: list[EventType] | None = None, start: Any = None, end: Any = None,
+               limit: int | None = None) -> pa.Table:
+        """The run's events (or `types`, market time in [start, end)) as one table sorted by seq; the first
+        `limit` of them if given."""
+        tab = merge_by_seq(self.parts(types, start, end, head=limit))
+        return tab if limit is None else tab.slice(0, limit)
 
     def tables(self) -> dict[EventType, pa.Table]:
         return self.load()
@@ -232,14 +241,6 @@ class SeqIndex:
         return None
 
 
-def read_stored(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One stored file, string columns kept dictionary-encoded (decoding a run id a million times is the
-    single most expensive step of a plain read; `merge_by_seq` decodes each distinct value once)."""
-    pf = pq.ParquetFile(path, read_dictionary=[f.name for f in pq.ParquetFile(path).schema_arrow
-                                               if pa.types.is_string(f.type)])
-    return pf.read(columns=columns, use_threads=True)
-
-
 def _time_mask(tab: pa.Table, start: Any, end: Any) -> pa.Array:
     ts = tab.column("timestamp")
     mask = pa.array(np.ones(tab.num_rows, dtype=bool))
@@ -282,7 +283,8 @@ def merge_by_seq(parts: list[tuple[EventType, pa.Table]]) -> pa.Table:
         tabs = [codec.from_disk(_plain(p), t) for t, p in parts]
         return pa.concat_tables(tabs, promote_options="default").sort_by("seq")
     seqs = [p.column("seq").to_numpy() for _, p in parts]
-    pos_all = _positions(np.concatenate(seqs) if len(seqs) > 1 else seqs[0])
+    pos_all = _positions(np.concatenate(seqs, out=_pool_empty(sum(map(len, seqs)), np.int64))
+                         if len(seqs) > 1 else seqs[0])
     n = len(pos_all)
     bounds = np.cumsum([0] + [len(s) for s in seqs])
     pos = [pos_all[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
@@ -317,7 +319,7 @@ def _event_type_column(n: int, parts: list[tuple[EventType, pa.Table]], pos: lis
     """The event_type column (a hive partition, not a file column) from each part's type."""
     names = sorted({t.name for t, _ in parts})
     code = {name: k for k, name in enumerate(names)}
-    idx = np.empty(n, dtype=np.int32)
+    idx = _pool_empty(n, np.int32)
     for p_pos, (t, _) in zip(pos, parts, strict=True):
         idx[p_pos] = code[t.name]
     return pa.DictionaryArray.from_arrays(pa.array(idx), pa.array(names, type=pa.string()))
@@ -361,8 +363,8 @@ def _positions(seq: np.ndarray) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     lo = int(seq.min())
     if int(seq.max()) - lo + 1 == n:  # a gapless run: position is seq - lo if no seq repeats
-        pos = seq - lo
-        hit = np.zeros(n, dtype=bool)
+        pos = np.subtract(seq, lo, out=_pool_empty(n, np.int64))
+        hit = _pool_zeros(n, bool)
         hit[pos] = True
         if hit.all():
             return pos
@@ -411,7 +413,7 @@ class _Masks:
         if sum(len(p) for p, c in sources if c is not None) == n and \
                 all(c.null_count == 0 for _, c in sources if c is not None):
             return None, 0
-        valid = np.zeros(n, dtype=bool)
+        valid = _pool_zeros(n, bool)
         for p_pos, chunk in _chunks(sources):
             valid[p_pos] = True if chunk.null_count == 0 else np.asarray(chunk.is_valid())
         nulls = n - int(np.count_nonzero(valid))
@@ -421,6 +423,20 @@ class _Masks:
 
 
 _NUMPY = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def _pool_empty(n: int, dtype: type | np.dtype) -> np.ndarray:
+    """`np.empty` in a buffer of Arrow's memory pool. The merge's large arrays (outputs and temporaries, a few
+    MB each) are allocated anew on every load; numpy gets them from glibc as fresh mappings that fault in
+    page by page (~7k page faults, ~10 ms per 1M-event load), while Arrow's allocator reuses freed pages."""
+    dt = np.dtype(dtype)
+    return np.frombuffer(pa.allocate_buffer(n * dt.itemsize), dtype=dt)
+
+
+def _pool_zeros(n: int, dtype: type | np.dtype) -> np.ndarray:
+    out = _pool_empty(n, dtype)
+    out.fill(0)
+    return out
 
 
 def _fixed_dtype(t: pa.DataType) -> np.dtype | None:
@@ -452,7 +468,7 @@ def _scatter_fixed(n: int, t: pa.DataType, dt: np.dtype, sources: Sources, masks
     # Zeroing them would cost a full extra pass over ~25 mostly-null columns (a third of the merge).
     for p_pos, chunk in _chunks(sources):
         if pa.types.is_decimal(chunk.type):
-            out[p_pos] = codec.decimal_to_float(chunk)
+            out[p_pos] = codec.decimal_to_float(chunk, out=_pool_empty(len(chunk), np.float64))
         else:
             out[p_pos] = np.frombuffer(chunk.buffers()[1], dtype=dt)[chunk.offset:chunk.offset + len(chunk)]
     bitmap, nulls = masks.validity(sources)
@@ -474,7 +490,7 @@ def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) ->
         chunks.append((p_pos, chunk.indices, d if d.type == t else d.cast(t)))
     values = pc.unique(pa.concat_arrays([d for _, _, d in chunks]))
     dictionary = values.take(pc.sort_indices(values))  # sorted: the same dictionary however the parts were cut
-    idx = np.zeros(n, dtype=np.int32)
+    idx = _pool_zeros(n, np.int32)
     for p_pos, codes, d in chunks:
         to_merged = np.asarray(pc.index_in(d, value_set=dictionary), dtype=np.int32)
         c = np.frombuffer(codes.buffers()[1], dtype=_NUMPY[codes.type.bit_width // 8])
@@ -484,7 +500,7 @@ def _scatter_strings(n: int, t: pa.DataType, sources: Sources, masks: _Masks) ->
                 idx[p_pos] = to_merged[0]
             continue
         # clip: a null slot's code is unspecified (its row is masked by the validity bitmap anyway)
-        idx[p_pos] = np.take(to_merged, c, mode="clip")
+        idx[p_pos] = np.take(to_merged, c, mode="clip", out=_pool_empty(len(c), np.int32))
     bitmap, nulls = masks.validity(sources)
     codes = pa.Array.from_buffers(pa.int32(), n, [bitmap, pa.py_buffer(idx)], null_count=nulls)
     return pa.DictionaryArray.from_arrays(codes, dictionary)
