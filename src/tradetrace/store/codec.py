@@ -101,8 +101,9 @@ def _encodings(table: pa.Table, decimal: tuple[str, ...],
 def _write(t: pa.Table, enc: dict[str, str], dict_cols: list[str], bss: list[str], compression: str,
            row_group_size: int) -> pa.Buffer:
     sink = pa.BufferOutputStream()
+    # a copy: pyarrow adds the byte-stream-split columns to the column_encoding dict it is given
     pq.write_table(t, sink, compression=compression, row_group_size=row_group_size, use_dictionary=dict_cols,
-                   column_encoding=enc or None, use_byte_stream_split=bss or False,
+                   column_encoding=dict(enc) or None, use_byte_stream_split=bss or False,
                    store_decimal_as_integer=True, write_statistics=["seq"], data_page_version="2.0")
     return sink.getvalue()
 
