@@ -11,6 +11,12 @@ and generation are outside the timings for both.
 Traced runs persist every event to an event store in a temporary folder (or --store DIR), as a user's
 run does; --memory keeps them in memory instead. The analytics database is off: not measured here.
 
+The paired repeats measure a process that runs backtests one after another (a notebook, a script, a
+sweep): the warm-up includes store runs, so the store's writer process is started and warm before the
+timing (store/service.py). A process's first store run writes through a forked writer instead (a one-off
+run pays no writer start-up, but the fork's copy-on-write pages cost the engine): that case is measured
+separately, in fresh processes (`--first-runs`, default 3; median), and printed as `overhead_first_run`.
+
 Prints figures, then one JSON line with: bars_per_s_off, bars_per_s_on, overhead,
 backtrader_bars_per_s, ratio_vs_backtrader (and more).
 """
@@ -21,11 +27,15 @@ import argparse
 import gc
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import tradetrace as tt
 from tradetrace.engine import synthetic
+from tradetrace.store import service
 
 
 def reference_config(bars: int, traced: bool, store_dir: str | None) -> dict:
@@ -46,6 +56,31 @@ def run_ours(md, bars: int, traced: bool, store_dir: str | None) -> tuple[float,
     t0 = time.perf_counter()
     res = tt.run_backtest(reference_config(bars, traced, store_dir), market=md)
     return time.perf_counter() - t0, res
+
+
+def first_run_overhead(bars: int, store_dir: str) -> float:
+    """on/off - 1 of a fresh process's first store run (its writer a fork), against the mean of an untraced
+    run before and after it; the process is warmed with an in-memory traced run (imports, caches)."""
+    code = f"""
+import gc, json, sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import tradetrace as tt
+from tradetrace.engine.synthetic import generate
+from engine import reference_config
+md, _ = generate({bars}, seed=42, freq="1min")
+tt.run_backtest(reference_config(50_000, True, None), market=md)
+def timed(traced, store):
+    gc.collect()
+    t0 = time.perf_counter()
+    tt.run_backtest(reference_config({bars}, traced, store), market=md)
+    return time.perf_counter() - t0
+off1 = timed(False, None)
+on = timed(True, {store_dir!r})
+off2 = timed(False, None)
+print(json.dumps(on / ((off1 + off2) / 2) - 1))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def run_backtrader(md, bars: int) -> tuple[float, float]:
@@ -83,6 +118,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="paired off/on repeats")
     ap.add_argument("--store", default=None, help="event store folder (default: a temporary folder)")
     ap.add_argument("--memory", action="store_true", help="keep traced events in memory, not in a store")
+    ap.add_argument("--first-runs", type=int, default=3,
+                    help="fresh processes measuring a process's first store run (0: skip)")
     args = ap.parse_args()
 
     md, _ = synthetic.generate(args.bars, seed=42, freq="1min")
@@ -92,6 +129,12 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="tt-bench-")
         store_dir = args.store or tmp.name
     run_ours(md, min(args.bars, 50_000), True, None)  # warm-up (imports, caches)
+    if store_dir is not None:
+        # the store's writer process: the second store run of a process starts it, later ones use it once ready
+        for _ in range(3):
+            run_ours(md, min(args.bars, 50_000), True, store_dir)
+        service.service().ready(wait=True)
+        run_ours(md, min(args.bars, 50_000), True, store_dir)
     offs, ons, ratios = [], [], []
     res_on = None
     for k in range(args.repeats):
@@ -107,11 +150,15 @@ def main() -> None:
     bars_off = args.bars / statistics.median(offs)
     bars_on = args.bars / statistics.median(ons)
     overhead = statistics.median(ratios)
+    firsts = [first_run_overhead(args.bars, store_dir) for _ in range(args.first_runs)] if store_dir else []
     bt_rate, bt_value = run_backtrader(md, args.peer_bars)
     print(f"tradetrace tracing off : {bars_off:,.0f} bars/s")
     print(f"tradetrace tracing on  : {bars_on:,.0f} bars/s ({res_on.event_count:,} events per run"
           + (", persisted to the event store" if store_dir else ", kept in memory") + ")")
     print(f"tracing overhead       : {overhead:+.2%} (median of {args.repeats} paired repeats)")
+    if firsts:
+        print(f"first store run of a process (forked writer): {statistics.median(firsts):+.2%} overhead (median of "
+              f"{len(firsts)} fresh processes: {', '.join(f'{x:+.1%}' for x in firsts)})")
     print(f"backtrader             : {bt_rate:,.0f} bars/s on {min(args.peer_bars, args.bars):,} bars "
           f"(final value {bt_value:,.2f})")
     print(f"ratio vs backtrader    : {bars_on / bt_rate:.1f}x (tracing on)")
@@ -120,6 +167,7 @@ def main() -> None:
         "bars_per_s_off": round(bars_off), "bars_per_s_on": round(bars_on), "overhead": round(overhead, 4),
         "backtrader_bars_per_s": round(bt_rate), "ratio_vs_backtrader": round(bars_on / bt_rate, 2),
         "events_per_run": res_on.event_count, "store": store_dir is not None,
+        "overhead_first_run": round(statistics.median(firsts), 4) if firsts else None,
     }
     print(json.dumps(out))
     if tmp is not None:
