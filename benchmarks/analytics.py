@@ -43,6 +43,7 @@ from tradetrace import run_backtest
 from tradetrace.analytics import etl, queries
 from tradetrace.analytics.db import Database, connect
 from tradetrace.analytics.testing import pg_unreachable_reason, temp_schema
+from tradetrace.events.event import new_run_id
 from tradetrace.sweep.runner import run_sweep
 
 REGIMES = ("low", "normal", "high")
@@ -71,7 +72,7 @@ def _retag(table: pa.Table, cid: str) -> pa.Table:
 def replicate(rec: etl.RunRecords, n: int) -> list[etl.RunRecords]:
     out = []
     for _ in range(n):
-        cid = str(uuid.uuid4())
+        cid = new_run_id()  # as a real run's: time-ordered (events/event.py)
         out.append(etl.RunRecords(cid, _retag(rec.run, cid), _retag(rec.trades, cid), _retag(rec.latencies, cid)))
     return out
 

@@ -20,7 +20,6 @@ import gc
 import json
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,7 @@ from tradetrace.engine.portfolio import Portfolio, PortfolioView
 from tradetrace.engine.result import BacktestResult
 from tradetrace.engine.risk import RiskManager
 from tradetrace.events.bus import TracedEventBus
-from tradetrace.events.event import NO_CAUSE, make_event_id
+from tradetrace.events.event import NO_CAUSE, make_event_id, new_run_id
 from tradetrace.events.recorder import MemoryRecorder, Recorder, RunInfo, RunTotals
 from tradetrace.events.types import EventType
 from tradetrace.store import recorder_for
@@ -154,7 +153,7 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
     """
     cfg = as_config(config)
     md = market if market is not None else load_data(cfg)
-    run_id = correlation_id or str(uuid.uuid4())  # once per run, not per event
+    run_id = correlation_id or new_run_id()  # once per run, not per event
     traced = cfg.tracing.enabled
     if traced and recorder is None:
         recorder = recorder_for(cfg) if cfg.store.enabled else MemoryRecorder()

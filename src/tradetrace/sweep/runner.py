@@ -27,6 +27,7 @@ from tradetrace.analytics.db import Database, connect, is_postgres
 from tradetrace.config import ClassifierConfig, RunConfig
 from tradetrace.engine import classifiers
 from tradetrace.engine.backtest import load_data
+from tradetrace.events.event import new_run_id
 from tradetrace.paths import database_url, events_dir
 from tradetrace.store import market as market_sets
 from tradetrace.sweep.executors import RunTask, TaskOutcome, make_executor
@@ -134,7 +135,7 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
     if not todo:
         return summary
     direct = is_postgres(url)
-    tasks = [RunTask(str(uuid.uuid4()), sid, c.run_hash, c.values, _portable(c.config), url if direct else None)
+    tasks = [RunTask(new_run_id(), sid, c.run_hash, c.values, _portable(c.config), url if direct else None)
              for c in todo]
     market = load_data(todo[0].config)  # data is the same for every combination (it is not a grid key)
     writer = None if direct else RowWriter(url)
