@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tradetrace.config import ConfigError, load_config
-from tradetrace.engine.backtest import RunFailed, run_backtest
-from tradetrace.engine.data import DataError
-from tradetrace.engine.result import BacktestResult
+if TYPE_CHECKING:
+    from tradetrace.engine.result import BacktestResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Event-driven backtests you can explain.")
 console = Console(stderr=True)
@@ -67,12 +66,16 @@ def run(
     trace_one: bool = typer.Option(False, "--trace", help="also print the lineage of one trade"),
 ) -> None:
     """Run one traced backtest."""
+    # The engine (and pandas, which it needs) is imported by the command that runs it, not by every command:
+    # `tradetrace runs`, `sql`, `events`... start ~0.3 s sooner.
+    from tradetrace.config import ConfigError, load_config
+    from tradetrace.engine.backtest import RunFailed, load_data, run_backtest
+    from tradetrace.engine.data import DataError
+
     try:
         cfg = load_config(config)
         if no_store:
             cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"enabled": False})})
-        from tradetrace.engine.backtest import load_data
-
         md = load_data(cfg)
     except (ConfigError, DataError) as exc:
         raise fail(str(exc)) from None
