@@ -163,3 +163,28 @@ def test_links_round_trip_in_event_order() -> None:
     rows = {v: k for k, v in bar_seq.items()}  # market row -> BAR seq
     assert sig["reason"] == ["a", "b", "c", "d"]
     assert sig["links"] == [[rows[1], rows[0]], None, [rows[2]], None]  # an empty list records no link
+
+
+def test_taken_logs_are_the_recording_buffers_and_stay_intact() -> None:
+    """`_take_log` hands over the C core's buffers themselves (no copy); a buffer is written again only once
+    nobody else holds it. A log kept while the bus records more, one dropped and reused, and the tables built
+    from both: every chunk reads back what was published in it."""
+    md = market(40)
+    bus = TracedEventBus("run", recorder=None)
+    bus.subscribe_bars(lambda i: bus.publish(EventType.SIGNAL, "strategy", ("S", i % 3 - 1, float(i), f"r{i}")))
+    bus.publish_start("engine", ("t", "t", "{}", "S"))
+    kept = []
+    for start in range(0, 40, 10):
+        bus.run_bars(start, start + 10)
+        batch = bus.take_batch(start + 10)
+        assert batch is not None and len(batch.log) == 10 + (start == 0)  # RUN_START in the first
+        if start % 20 == 0:
+            kept.append(batch)  # held: the next chunk records into a new buffer
+        else:
+            del batch  # dropped: its buffer records the next chunk
+    for batch in kept:
+        sig = batch.tables(md)[EventType.SIGNAL].to_pydict()
+        rows = list(range(batch.bars.row_start, batch.bars.row_stop))
+        assert sig["strength"] == [float(i) for i in rows]
+        assert sig["reason"] == [f"r{i}" for i in rows]
+        assert sig["direction"] == [i % 3 - 1 for i in rows]

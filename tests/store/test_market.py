@@ -13,7 +13,7 @@ import pytest
 
 import tradetrace as tt
 from tradetrace.engine import synthetic
-from tradetrace.store import EventStore, StoreError, market
+from tradetrace.store import EventStore, StoreError, market, service
 
 from .conftest import run_config
 
@@ -28,8 +28,14 @@ def _bar_files(store: EventStore, run_id: str) -> list[Path]:
 def test_runs_on_one_data_set_share_one_market_set(store: EventStore, mode: str) -> None:
     md, _ = synthetic.generate(12_000, seed=5, freq="1min")
     runs = [tt.run_backtest(run_config(bars=12_000, chunk=5_000, writer=mode), market=md) for _ in range(2)]
-    key = market.set_key(md)
-    assert [store.run(r.run_id)["market_set"] for r in runs] == [key, key]
+    if mode == "process":  # the third run's writer is the fresh process: it gets the data set whole and hashes it
+        service.service().ready(wait=True)
+        runs.append(tt.run_backtest(run_config(bars=12_000, chunk=5_000, writer=mode), market=md))
+        assert "market_set" not in md.derived  # the writers computed the key, not the engine
+    with pytest.raises(ValueError, match="read-only"):  # from its first run on, a data set cannot change
+        md.close[0] = 1.0
+    key = market.content_key(md)
+    assert [store.run(r.run_id)["market_set"] for r in runs] == [key] * len(runs)
     sets = list((store.root / market.MARKET_DIR).glob("*.parquet"))
     assert [p.stem for p in sets] == [key]
     stored = pq.read_table(sets[0])

@@ -32,6 +32,7 @@ per event: wiring, counts, handing recorded chunks to the recorder, and BAR seqs
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from time import time_ns
 
@@ -81,6 +82,7 @@ class TracedEventBus(BusCore):
         self._flushed_rows = 0  # BAR rows already flushed
         self._flushed_nonbar = 0  # non-BAR events already flushed
         self._last_bar_seq: int | None = None  # seq of the BAR of row _flushed_rows - 1
+        self._flushed_counts = [0] * NTYPES  # non-BAR events per type value already flushed
         self.anchor_wall_ns = time_ns()  # one wall-clock anchor per run (DESIGN.md)
         self.anchor_tick, self.anchor_mono_ns = clock_pair()  # the recorded clocks are ticks: see _hotbus.c
 
@@ -161,14 +163,18 @@ class TracedEventBus(BusCore):
         before = self._flushed_nonbar
         prev_bar_seq = self._last_bar_seq
         if rows_done > self._flushed_rows:
-            # BAR of the batch's last row: after the events of earlier rows (the log is in row order).
+            # BAR of the batch's last row: after the events of earlier rows. rt = row << 4 | type is ordered by
+            # row, so one binary search over the recorded words (no array made: this runs on the hot path).
             last = rows_done - 1
-            rows = np.frombuffer(log.rt, dtype=np.int64) >> 4
-            self._last_bar_seq = last + before + int(np.searchsorted(rows, last, side="left"))
+            rt = memoryview(log.common).cast("q")[0::4]
+            self._last_bar_seq = last + before + bisect_left(rt, last << 4)
         self._flushed_rows = rows_done
         self._flushed_nonbar += len(log)
+        counts = self._type_counts()
+        batch_counts = [now - then for now, then in zip(counts, self._flushed_counts, strict=True)]
+        self._flushed_counts = counts
         return EventBatch(self.correlation_id, self.anchor_wall_ns, self.anchor_tick, self.ns_per_tick(), bars, log,
-                          before, prev_bar_seq)
+                          before, prev_bar_seq, batch_counts)
 
     def ns_per_tick(self) -> float:
         """Rate of the recorded clock, measured from the run's start to now (1.0 where ticks are ns)."""

@@ -131,45 +131,68 @@ def _ts(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
 
 
 class ChunkLog:
-    """The non-BAR events of one chunk, recorded columnar by the bus's C core as they happen.
+    """The non-BAR events of one chunk, recorded by the bus's C core as they happen.
 
-    Every column arrives as bytes (int64 values, copied once per chunk) and becomes a numpy array
-    without a copy; nothing per event is a Python object, so a chunk pickles at memcpy speed.
-    Payloads are typed columns per event type (`payload[type]`: one column per schema field, in the
-    order of that type's events): float64 bits (a null is `NULL_FLOAT_BITS`), int64, or int64 codes
-    into `strings` (-1 for None). Sources are codes into `strings` too. Dispatch is FIFO, so the k-th
-    `received` clock is the k-th published event's; an event's processing ends when the next one is
-    received, or at the clock recorded in `drain_ends` for the last event of a drain.
+    The C core's buffers arrive as they were recorded, row-major int64 bytes (no copy on the hot path, see
+    `_hotbus.c`); the columns are numpy views into them, made contiguous by whoever builds tables (the store's
+    writer process, or a first read of a run's events). Nothing per event is a Python object, so a chunk
+    pickles at memcpy speed. `common` holds 4 values per event: row << 4 | type, cause (seq, ~row for a BAR,
+    NO_CAUSE), publish clock, source (code into `strings`). `payload[type]` holds that type's schema fields
+    per event of the type, in their order: float64 bits (a null is `NULL_FLOAT_BITS`), int64, or int64 codes
+    into `strings` (-1 for None). Dispatch is FIFO, so the k-th `received` clock is the k-th published
+    event's; an event's processing ends when the next one is received, or at the clock recorded in
+    `drain_ends` for the last event of a drain.
     """
 
-    __slots__ = ("rt", "cause", "emitted", "source", "payload", "links", "received", "drain_ends", "strings")
+    __slots__ = ("common", "payload", "links", "received", "drain_ends", "strings", "_words")
 
-    def __init__(self, rt: bytes = b"", cause: bytes = b"", emitted: bytes = b"", source: bytes = b"",
-                 payload: list[tuple[bytes, ...] | None] | None = None,
+    def __init__(self, common: bytes = b"", payload: list[bytes | None] | None = None,
                  links: tuple[bytes, bytes] = (b"", b""), received: bytes = b"", drain_ends: bytes = b"",
                  strings: list[str] | None = None) -> None:
-        self.rt = rt  # row << 4 | event type
-        self.cause = cause  # seq, ~row for a BAR, NO_CAUSE
-        self.emitted = emitted  # monotonic ns at publish
-        self.source = source  # codes into strings
-        self.payload: list[tuple[bytes, ...] | None] = payload if payload is not None else [None] * NTYPES
+        self.common = common
+        self.payload: list[bytes | None] = payload if payload is not None else [None] * NTYPES
         self.links = links  # flat pairs: (index in chunk of the event, one of its links), int64 bytes each
-        self.received = received  # monotonic ns at dispatch
-        self.drain_ends = drain_ends  # flat (index of a drain's last event, monotonic ns)
+        self.received = received  # clock at dispatch
+        self.drain_ends = drain_ends  # flat (index of a drain's last event, clock)
         self.strings: list[str] = strings if strings is not None else []
+        self._words = np.frombuffer(common, dtype=np.int64).reshape(-1, 4)
 
     def __len__(self) -> int:
-        return len(self.rt) // 8
+        return len(self._words)
+
+    @property
+    def rt(self) -> np.ndarray:
+        """row << 4 | event type, per event (a strided view)."""
+        return self._words[:, 0]
+
+    @property
+    def cause(self) -> np.ndarray:
+        return self._words[:, 1]
+
+    @property
+    def emitted(self) -> np.ndarray:
+        """Clock at publish."""
+        return self._words[:, 2]
+
+    @property
+    def source(self) -> np.ndarray:
+        return self._words[:, 3]
+
+    def payload_fields(self, event_type: int) -> np.ndarray | None:
+        """That type's recorded payload: one row per event, one column per schema field (int64 words)."""
+        raw = self.payload[event_type]
+        if raw is None:
+            return None
+        return np.frombuffer(raw, dtype=np.int64).reshape(-1, len(PAYLOAD_FIELDS[EventType(event_type)]))
 
     def __reduce_ex__(self, protocol: int) -> tuple:
-        """Pickled with protocol 5, big columns are PickleBuffers: a pickler with a buffer_callback (the store's
+        """Pickled with protocol 5, big buffers are PickleBuffers: a pickler with a buffer_callback (the store's
         writer transport) passes them out of band, so they are copied once, straight into shared memory, not
         first into the pickle. (A Pickler's reducer_override never sees bytes: CPython pickles them directly.)"""
         big = _out_of_band if protocol >= 5 else _same
-        payload = [None if cols is None else tuple(big(c) for c in cols) for cols in self.payload]
-        return (ChunkLog, (big(self.rt), big(self.cause), big(self.emitted), big(self.source), payload,
-                           (big(self.links[0]), big(self.links[1])), big(self.received), big(self.drain_ends),
-                           self.strings))
+        payload = [None if raw is None else big(raw) for raw in self.payload]
+        return (ChunkLog, (big(self.common), payload, (big(self.links[0]), big(self.links[1])), big(self.received),
+                           big(self.drain_ends), self.strings))
 
 
 _OUT_OF_BAND_MIN = 1 << 12  # smaller columns cost more to frame (a length, a slice) than to copy
@@ -183,9 +206,9 @@ def _same(b: bytes) -> bytes:
     return b
 
 
-def _payload_col(raw: bytes, typ: pa.DataType, strings: pa.Array) -> pa.Array:
-    """One recorded payload column -> Arrow, vectorized."""
-    v = np.frombuffer(raw, dtype=np.int64)
+def _payload_col(v: np.ndarray, typ: pa.DataType, strings: pa.Array) -> pa.Array:
+    """One recorded payload column (int64 words, maybe a strided view) -> Arrow, vectorized."""
+    v = np.ascontiguousarray(v)
     if pa.types.is_floating(typ):
         null = v == NULL_FLOAT_BITS
         return pa.array(v.view(np.float64), mask=null if null.any() else None)
@@ -213,6 +236,7 @@ class MarketWindow(NamedTuple):
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
+    key: str | None = None  # the data set's market set key, once a writer process has computed it
 
     @classmethod
     def whole(cls, market: MarketData) -> MarketWindow:
@@ -225,10 +249,11 @@ class EventBatch:
     """One chunk of a run's events in publish order, convertible to per-type Arrow tables."""
 
     __slots__ = ("correlation_id", "anchor_wall_ns", "anchor_tick", "ns_per_tick", "bars", "log", "nonbar_before",
-                 "prev_bar_seq", "_bar_seq_arr", "_rows", "_types")
+                 "prev_bar_seq", "type_counts", "_bar_seq_arr", "_rows_arr", "_types_arr")
 
     def __init__(self, correlation_id: str, anchor_wall_ns: int, anchor_tick: int, ns_per_tick: float,
-                 bars: BarBlock, log: ChunkLog, nonbar_before: int, prev_bar_seq: int | None = None) -> None:
+                 bars: BarBlock, log: ChunkLog, nonbar_before: int, prev_bar_seq: int | None = None,
+                 type_counts: list[int] | None = None) -> None:
         self.correlation_id = correlation_id
         # Recorded clocks are the C core's ticks (see _hotbus.c): wall = anchor_wall + (tick - anchor_tick) * rate
         self.anchor_wall_ns = anchor_wall_ns
@@ -240,16 +265,18 @@ class EventBatch:
         # seq of the BAR of row `bars.row_start - 1` (flushed in an earlier batch): events published after
         # that flush while it was the current row (end of data, between chunks) are caused by it.
         self.prev_bar_seq = prev_bar_seq
+        # Non-BAR events per type value (the bus counts them as it publishes), or None: counted from the log.
+        self.type_counts = type_counts
+        # Derived arrays, made when first needed: not on the engine's side of a store run (flush is on the hot path).
         self._bar_seq_arr: np.ndarray | None = None
-        rt = np.frombuffer(log.rt, dtype=np.int64)
-        self._rows = rt >> 4
-        self._types = rt & 15
+        self._rows_arr: np.ndarray | None = None
+        self._types_arr: np.ndarray | None = None
 
     def __len__(self) -> int:
         return (self.bars.row_stop - self.bars.row_start) + len(self.log)
 
     _STATE = ("correlation_id", "anchor_wall_ns", "anchor_tick", "ns_per_tick", "bars", "log", "nonbar_before",
-              "prev_bar_seq")
+              "prev_bar_seq", "type_counts")
 
     def __getstate__(self) -> tuple:
         """Pickle only what is recorded (a store's writer process receives batches); derived arrays are rebuilt."""
@@ -258,12 +285,27 @@ class EventBatch:
     def __setstate__(self, state: tuple) -> None:
         self.__init__(*state)
 
+    @property
+    def _rows(self) -> np.ndarray:
+        """Market-data row of each non-BAR event."""
+        if self._rows_arr is None:
+            self._rows_arr = self.log.rt >> 4
+        return self._rows_arr
+
+    @property
+    def _types(self) -> np.ndarray:
+        """Event type value of each non-BAR event."""
+        if self._types_arr is None:
+            self._types_arr = self.log.rt & 15
+        return self._types_arr
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         n_bars = self.bars.row_stop - self.bars.row_start
         if n_bars:
             out["BAR"] = n_bars
-        for t, c in enumerate(np.bincount(self._types, minlength=NTYPES).tolist()):
+        per_type = self.type_counts if self.type_counts is not None else np.bincount(self._types, minlength=NTYPES)
+        for t, c in enumerate(list(per_type)):
             if c:
                 out[_TYPE_NAMES[t]] = c
         return out
@@ -336,8 +378,8 @@ class EventBatch:
         rows = self._rows
         seq = rows + 1 + self.nonbar_before + np.arange(n, dtype=np.int64)
         ts = market.ts[np.maximum(rows, 0) - market.start] if len(market.ts) else np.zeros(n, dtype=np.int64)
-        cause, cause_null = self._resolve(np.frombuffer(log.cause, dtype=np.int64))
-        emitted = self._wall(np.frombuffer(log.emitted, dtype=np.int64))
+        cause, cause_null = self._resolve(log.cause)
+        emitted = self._wall(log.emitted)
         received = np.zeros(n, dtype=np.int64)
         processed = np.zeros(n, dtype=np.int64)
         rx = np.frombuffer(log.received, dtype=np.int64)
@@ -351,7 +393,7 @@ class EventBatch:
         rx_null = np.arange(n) >= m
         px_null = rx_null | ~self._processed_known(m, ends, n)
         strings = pa.array(log.strings, type=pa.string())
-        sources = np.frombuffer(log.source, dtype=np.int64)
+        sources = np.ascontiguousarray(log.source)
         links = self._links(n)
         for t in np.unique(self._types).tolist():
             idx = np.flatnonzero(self._types == t)
@@ -372,10 +414,10 @@ class EventBatch:
                 pa.array(np.full(k, SCHEMA_VERSION, dtype=np.int16)),
                 links.take(pick),
             ]
-            raw = log.payload[t]
-            assert raw is not None, f"{etype.name} events without recorded payload columns"
-            for (_, typ), col in zip(PAYLOAD_FIELDS[etype], raw, strict=True):
-                cols.append(_payload_col(col, typ, strings))
+            fields = log.payload_fields(t)
+            assert fields is not None, f"{etype.name} events without recorded payload"
+            for f, (_, typ) in enumerate(PAYLOAD_FIELDS[etype]):
+                cols.append(_payload_col(fields[:, f], typ, strings))
             out[etype] = pa.Table.from_arrays(cols, schema=recorded_schema(etype))
         return dict(sorted(out.items()))
 

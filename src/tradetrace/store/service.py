@@ -46,8 +46,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import TYPE_CHECKING, Any
 
+from tradetrace.events.event import new_run_id
 from tradetrace.events.recorder import EventBatch, MarketWindow
-from tradetrace.store.market import set_key as market_set_key
+from tradetrace.store import market as market_sets
 
 if TYPE_CHECKING:
     from tradetrace.engine.data import MarketData
@@ -56,6 +57,18 @@ _PR_SET_PDEATHSIG = 1
 _MEMFD = hasattr(os, "memfd_create")
 #: Data sets a fresh writer keeps (each is a copy of the market columns: ~60 MB per 1M bars).
 MARKETS_KEPT = 2
+
+
+def transport_key(market: MarketData) -> str | None:
+    """How the engine and a writer process name a data set the writer holds: one id per MarketData object (its
+    arrays are read-only from its first store run on, see market.uses_set), not its content hash, which the
+    writer computes (the engine would pay ~35 ms per 1M bars). None: too big to send whole."""
+    if not market_sets.uses_set(market):
+        return None
+    key = market.derived.get("writer_key")
+    if key is None:
+        key = market.derived["writer_key"] = new_run_id()
+    return key
 
 
 def available() -> bool:
@@ -154,7 +167,7 @@ class WriterService:
     def hand_over(self, run_id: str, batch: EventBatch, market: MarketData) -> None:
         """The pickled batch (and its data set, the first time the writer needs it) into a free shared
         buffer; the buffer's number to the writer."""
-        key = market_set_key(market)  # the data set's content key; None: too big to copy whole
+        key = transport_key(market)  # names the data set between the two processes; None: too big to copy whole
         if self.has_market:
             spec: tuple | None = None
         elif key is None:  # each batch carries its rows
@@ -359,7 +372,10 @@ def _receive(conn: Connection, msg: tuple, maps: dict[int, mmap.mmap]) -> tuple[
     if spec[0] == "rows":  # a big data set: the rows this batch reads
         return batch, spec[1]
     # a new data set's rows (read_slot copied them out of the buffer), or the key of one the writer holds
-    return batch, _HELD.use(spec[1], spec[2] if spec[0] == "market" else None)
+    if spec[0] == "market":
+        rows = spec[2]
+        return batch, _HELD.use(spec[1], rows._replace(key=market_sets.content_key(rows)))
+    return batch, _HELD.use(spec[1])
 
 
 def main(fd: int, announce: bool = False, market: MarketData | None = None) -> None:

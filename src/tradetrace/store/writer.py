@@ -75,12 +75,16 @@ class SegmentWriter:
     """Batches of one run -> durable segments + journal + final manifest. Runs in the writer (thread or child)."""
 
     def __init__(self, root: Path, run_id: str, date: str, compression: str, market: MarketData | None,
-                 sampling: Sampling | None, keep_events: int = 0, market_set: str | None = None) -> None:
+                 sampling: Sampling | None, keep_events: int = 0, use_set: bool = False,
+                 market_set: str | None = None) -> None:
         self.root = root
-        # BAR payloads go to the store's market set `market_set` (written with the first segment if the store
-        # lacks it) instead of each BAR file; None: inline (see market.py).
+        # `use_set`: BAR payloads go to the store's market set (written with the first segment if the store lacks
+        # it) instead of each BAR file (see market.py). Its key is `market_set` if the engine knew it, else
+        # computed here from the first batch's rows, and named in the manifest before the set is checked.
+        self.use_set = use_set
         self.market_set = market_set
-        self._set_checked = market_set is None
+        self._set_named = market_set is not None
+        self._set_checked = not use_set
         self._set_rows: MarketData | MarketWindow | None = None
         # Tables of a small run kept after writing (thread mode): the run's own process reads them back
         # (analytics rows, result.events()) without decoding the files it just wrote.
@@ -107,8 +111,11 @@ class SegmentWriter:
     def add(self, batch: EventBatch, market: MarketWindow | None = None) -> None:
         """Buffer a batch; `market` is the batch's market rows where the writer has no data set of its own."""
         rows = market if market is not None else self.market
-        if self.market_set is not None and self._set_rows is None:
+        if self.use_set and self._set_rows is None:
             self._set_rows = rows  # the whole data set (market.MAX_SET_BYTES: a writer process gets it whole)
+            if self.market_set is None:
+                assert rows is not None
+                self.market_set = rows.key if isinstance(rows, MarketWindow) else market_sets.set_key(rows)
         tables = batch.tables(rows, self.market_set)
         if self.sampling is not None:
             tables = sample(tables, self.sampling, rows)
@@ -140,6 +147,10 @@ class SegmentWriter:
         written = []
         if not self._set_checked:  # no BAR row is durable before the market set it refers to
             assert self.market_set is not None and self._set_rows is not None
+            if not self._set_named:  # named first: `market.collect` keeps the sets that manifests name
+                mpath = layout.manifest_path(self.root, self.run_id)
+                layout.write_json(mpath, {**layout.read_json(mpath), "market_set": self.market_set})
+                self._set_named = True
             got = market_sets.file_to_write(self.root, self.market_set, self._set_rows, self.compression)
             if got is not None:
                 written.append(got)
@@ -280,7 +291,9 @@ class StoreRecorder:
         self._market = market
         started = info.started_wall_ns or time.time_ns()
         self.date = layout.start_date(started)
-        self.market_set = market_sets.set_key(market)  # before the writer starts: a fork inherits the key
+        # The set's key, if known already (a sweep's coordinator computed it); else the writer computes it.
+        self.use_set = market_sets.uses_set(market)
+        self.market_set = market.derived.get("market_set") if self.use_set else None
         mpath = layout.manifest_path(self.root, self.run_id)
         if mpath.exists():
             raise layout.StoreError(f"run {self.run_id} already exists in the event store {self.root}")
@@ -300,12 +313,12 @@ class StoreRecorder:
             self._conn = self._service.conn
             self._send(("begin", {
                 "root": self.root, "run_id": self.run_id, "date": self.date, "compression": self.compression,
-                "sampling": self.sampling, "market_set": self.market_set,
+                "sampling": self.sampling, "use_set": self.use_set, "market_set": self.market_set,
                 "segment_events": _segment_events(self.durability_events),
                 "durability_s": self.durability_s}))
         else:
             self._writer = SegmentWriter(self.root, self.run_id, self.date, self.compression, market, self.sampling,
-                                         keep_events=KEEP_EVENTS, market_set=self.market_set)
+                                         keep_events=KEEP_EVENTS, use_set=self.use_set, market_set=self.market_set)
             self._thread = threading.Thread(target=self._run, name=f"tradetrace-store-{self.run_id[:8]}",
                                             daemon=True)
             self._thread.start()
