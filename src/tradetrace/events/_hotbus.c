@@ -256,6 +256,10 @@ typedef struct {
        's' string); schema holds (type name, field names) per type for error messages */
     int nfields[NTYPES];
     char kinds[NTYPES][MAXF];
+    /* the same, grouped by kind (field indexes of the floats, then the integers, then the strings): the
+       encoder runs one uniform loop per kind, not a switch per field (see encode_payload) */
+    unsigned char by_kind[NTYPES][MAXF];
+    unsigned char nkind[NTYPES][3];
     PyObject *schema;
     /* traced recording of the current chunk */
     /* Row-major while recording (one capacity check and one contiguous write per event and buffer, where
@@ -300,6 +304,15 @@ static int Bus_init(BusObject *self, PyObject *args, PyObject *kwds) {
         }
         memcpy(self->kinds[t], k, nf);
         self->nfields[t] = (int)nf;
+        int j = 0;
+        for (int kind = 0; kind < 3; kind++) {
+            self->nkind[t][kind] = 0;
+            for (int f = 0; f < (int)nf; f++)
+                if (k[f] == "fis"[kind]) {
+                    self->by_kind[t][j++] = (unsigned char)f;
+                    self->nkind[t][kind]++;
+                }
+        }
     }
     Py_XSETREF(self->schema, Py_NewRef(schema));
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &EventType_)) {
@@ -403,11 +416,16 @@ static int queue_push(BusObject *self, PyObject *ev) {
     return 0;
 }
 
+/* The string code cache's slot for an object (multiplicative hash of its address). */
+static inline size_t scache_slot(const PyObject *s) {
+    return (size_t)(((uint64_t)(uintptr_t)s * 0x9E3779B97F4A7C15ULL) >> (64 - SCACHE_BITS));
+}
+
 /* Code of a string in this chunk's dictionary; -1 for None; -2 with an exception set on error. */
 static int64_t str_code(BusObject *self, PyObject *s) {
     if (s == Py_None)
         return -1;
-    const size_t slot = (size_t)(((uint64_t)(uintptr_t)s * 0x9E3779B97F4A7C15ULL) >> (64 - SCACHE_BITS));
+    const size_t slot = scache_slot(s);
     if (self->scache_key[slot] == s)
         return self->scache_code[slot];
     if (!PyUnicode_Check(s))
@@ -443,7 +461,81 @@ static __attribute__((cold, noinline)) void field_error(BusObject *self, int t, 
                  PyTuple_GET_ITEM(PyTuple_GET_ITEM(e, 2), f), expected, x);
 }
 
-/* Payload tuple -> one int64 word per field (float bits, integer, string code), all or nothing. */
+/* One field the fast paths below do not take (None, another number type, a wrong type): out of line. */
+static __attribute__((cold, noinline)) int encode_other(BusObject *self, int t, int f, PyObject *x, int64_t *out) {
+    switch (self->kinds[t][f]) {
+    case 'f': {
+        if (x == Py_None) {
+            *out = NULL_FLOAT_BITS;
+            return 0;
+        }
+        if (PyUnicode_Check(x) || PyBytes_Check(x)) {
+            field_error(self, t, f, "a number", x);
+            return -1;
+        }
+        double d = PyFloat_AsDouble(x);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            field_error(self, t, f, "a number", x);
+            return -1;
+        }
+        memcpy(out, &d, sizeof d);
+        return 0;
+    }
+    case 'i': {
+        long long v;
+        if (PyFloat_Check(x)) { /* an integral float is accepted, as numpy would */
+            double d = PyFloat_AS_DOUBLE(x);
+            if (!(d == (double)(long long)d)) {
+                field_error(self, t, f, "an integer", x);
+                return -1;
+            }
+            v = (long long)d;
+        } else {
+            v = PyLong_AsLongLong(x); /* big ints, bools, numpy integers (__index__) */
+            if (v == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                field_error(self, t, f, PyLong_Check(x) ? "an integer in int64 range" : "an integer", x);
+                return -1;
+            }
+        }
+        *out = v;
+        return 0;
+    }
+    default: { /* 's' */
+        int64_t c = str_code(self, x);
+        if (c == -3) {
+            field_error(self, t, f, "a string", x);
+            return -1;
+        }
+        if (c == -2)
+            return -1;
+        *out = c;
+        return 0;
+    }
+    }
+}
+
+/* A Python int of at most one internal digit (|v| < 2**30): its value without a call. */
+static inline int small_int(PyObject *x, int64_t *v) {
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!_PyLong_IsCompact((PyLongObject *)x))
+        return 0;
+    *v = (int64_t)_PyLong_CompactValue((PyLongObject *)x);
+#else
+    const Py_ssize_t size = Py_SIZE(x);
+    if (size < -1 || size > 1)
+        return 0;
+    *v = (int64_t)size * (int64_t)((PyLongObject *)x)->ob_digit[0];
+#endif
+    return 1;
+}
+
+/* Payload tuple -> one int64 word per field (float bits, integer, string code), all or nothing.
+ * Hot path. Why per kind: a switch on each field's kind is an indirect jump whose target changes from field
+ * to field, and a mispredicted branch costs as much as the rest of a field's encoding; one loop per kind
+ * (floats, integers, strings, their field indexes precomputed per type) has one well-predicted body each.
+ * Exact floats, small ints and strings seen before in this chunk take inline paths; the rest is out of line. */
 static int encode_payload(BusObject *self, int t, PyObject *payload, int64_t *vals) {
     const int nf = self->nfields[t];
     if (nf < 0) {
@@ -456,68 +548,34 @@ static int encode_payload(BusObject *self, int t, PyObject *payload, int64_t *va
                      nf, PyTuple_GET_ITEM(e, 2), payload);
         return -1;
     }
-    for (int f = 0; f < nf; f++) {
-        PyObject *x = PyTuple_GET_ITEM(payload, f);
-        switch (self->kinds[t][f]) {
-        case 'f': {
-            double d;
-            if (PyFloat_CheckExact(x)) {
-                d = PyFloat_AS_DOUBLE(x);
-            } else if (x == Py_None) {
-                vals[f] = NULL_FLOAT_BITS;
-                continue;
-            } else if (PyUnicode_Check(x) || PyBytes_Check(x)) {
-                field_error(self, t, f, "a number", x);
-                return -1;
-            } else {
-                d = PyFloat_AsDouble(x);
-                if (d == -1.0 && PyErr_Occurred()) {
-                    PyErr_Clear();
-                    field_error(self, t, f, "a number", x);
-                    return -1;
-                }
-            }
+    PyObject *const *items = &PyTuple_GET_ITEM(payload, 0);
+    const unsigned char *idx = self->by_kind[t];
+    const int nfl = self->nkind[t][0], nint = nfl + self->nkind[t][1];
+    int j = 0;
+    for (; j < nfl; j++) {
+        const int f = idx[j];
+        PyObject *x = items[f];
+        if (__builtin_expect(PyFloat_CheckExact(x), 1)) {
+            const double d = PyFloat_AS_DOUBLE(x);
             memcpy(&vals[f], &d, sizeof d);
-            break;
+        } else if (encode_other(self, t, f, x, &vals[f]) < 0) {
+            return -1;
         }
-        case 'i': {
-            long long v;
-            if (PyLong_CheckExact(x)) { /* the usual case first: PyFloat_Check on an int walks the MRO */
-                v = PyLong_AsLongLong(x);
-                if (v == -1 && PyErr_Occurred()) {
-                    PyErr_Clear();
-                    field_error(self, t, f, "an integer in int64 range", x);
-                    return -1;
-                }
-            } else if (PyFloat_Check(x)) { /* an integral float is accepted, as numpy would */
-                double d = PyFloat_AS_DOUBLE(x);
-                if (!(d == (double)(long long)d)) {
-                    field_error(self, t, f, "an integer", x);
-                    return -1;
-                }
-                v = (long long)d;
-            } else {
-                v = PyLong_AsLongLong(x); /* ints, bools, numpy integers (__index__) */
-                if (v == -1 && PyErr_Occurred()) {
-                    PyErr_Clear();
-                    field_error(self, t, f, "an integer", x);
-                    return -1;
-                }
-            }
-            vals[f] = v;
-            break;
-        }
-        default: { /* 's' */
-            int64_t c = str_code(self, x);
-            if (c == -3) {
-                field_error(self, t, f, "a string", x);
-                return -1;
-            }
-            if (c == -2)
-                return -1;
-            vals[f] = c;
-        }
-        }
+    }
+    for (; j < nint; j++) {
+        const int f = idx[j];
+        PyObject *x = items[f];
+        if (!(PyLong_CheckExact(x) && small_int(x, &vals[f])) && encode_other(self, t, f, x, &vals[f]) < 0)
+            return -1;
+    }
+    for (; j < nf; j++) {
+        const int f = idx[j];
+        PyObject *x = items[f];
+        const size_t slot = scache_slot(x);
+        if (__builtin_expect(self->scache_key[slot] == x, 1))
+            vals[f] = self->scache_code[slot];
+        else if (encode_other(self, t, f, x, &vals[f]) < 0)
+            return -1;
     }
     return 0;
 }
@@ -591,7 +649,9 @@ static PyObject *Bus_publish(BusObject *self, PyObject *const *args, Py_ssize_t 
     if (self->traced) { /* checked before anything is recorded: a bad payload records nothing */
         if (encode_payload(self, (int)t, args[2], vals) < 0)
             return NULL;
-        src = str_code(self, args[1]);
+        PyObject *source = args[1];
+        const size_t slot = scache_slot(source);
+        src = self->scache_key[slot] == source ? self->scache_code[slot] : str_code(self, source); /* hit inline */
         if (src < 0) {
             if (src != -2)
                 PyErr_Format(PyExc_TypeError, "publish: source must be a container name (str), got %.200R", args[1]);
