@@ -321,9 +321,16 @@ class EventBatch:
     def bar_seq(self) -> np.ndarray:
         """seq of each BAR: its row + the non-BAR events published before its dispatch started."""
         if self._bar_seq_arr is None:
+            # Counted, not searched: the events are in row order, so the events before row r's BAR are those
+            # of earlier batches, those of rows before this batch, and a running sum of events per row.
             b = self.bars
+            n = b.row_stop - b.row_start
+            rel = self._rows - b.row_start
+            earlier = int(np.searchsorted(rel, 0))  # events of rows before this batch's (published after its flush)
+            per_row = np.bincount(rel[earlier:], minlength=n)[:n]
+            before = np.cumsum(per_row) - per_row
             rows = np.arange(b.row_start, b.row_stop, dtype=np.int64)
-            self._bar_seq_arr = rows + self.nonbar_before + np.searchsorted(self._rows, rows, side="left")
+            self._bar_seq_arr = rows + (self.nonbar_before + earlier) + before
         return self._bar_seq_arr
 
     def _bar_seqs(self, rows: np.ndarray) -> np.ndarray:
