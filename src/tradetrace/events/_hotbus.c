@@ -114,6 +114,29 @@ static inline int64_t *buf_reserve(I64Buf *b, Py_ssize_t k) {
     return b->d + b->n;
 }
 
+/* A recorded value, written around the caches (a non-temporal store). Why: a run records ~80 bytes per
+ * non-BAR event (~20 MB per 1M bars) that nothing on the engine's side reads again, and ordinary stores
+ * bring each line of it into the caches, evicting the interpreter's own working set; measured on the
+ * reference workload (loop time of traced minus untraced runs, in memory, alternating builds), the hot
+ * path's cost went from ~21 to ~17.5 ms per 1M bars. The buffers are written in order, so the CPU's
+ * write-combining fills whole lines; `_take_log` fences before the buffers change hands. */
+static inline void stream_word(int64_t *p, int64_t v) {
+#if defined(__x86_64__)
+    _mm_stream_si64((long long *)p, (long long)v);
+#else
+    *p = v;
+#endif
+}
+
+static inline int buf_stream(I64Buf *b, int64_t v) {
+    int64_t *p = buf_reserve(b, 1);
+    if (p == NULL)
+        return -1;
+    stream_word(p, v);
+    b->n++;
+    return 0;
+}
+
 static inline int buf_push(I64Buf *b, int64_t v) {
     int64_t *p = buf_reserve(b, 1);
     if (p == NULL)
@@ -681,13 +704,14 @@ static PyObject *Bus_publish(BusObject *self, PyObject *const *args, Py_ssize_t 
             return NULL;
         }
         if (nf > 0) {
-            memcpy(pv, vals, (size_t)nf * sizeof(int64_t));
+            for (int f = 0; f < nf; f++)
+                stream_word(&pv[f], vals[f]);
             self->rows[t].n += nf;
         }
-        rec[0] = (int64_t)((uint64_t)row << 4) | t;
-        rec[1] = cause;
-        rec[2] = ticks();
-        rec[3] = src;
+        stream_word(&rec[0], (int64_t)((uint64_t)row << 4) | t);
+        stream_word(&rec[1], cause);
+        stream_word(&rec[2], ticks());
+        stream_word(&rec[3], src);
         self->common.n += 4;
         if (a_links != NULL) { /* flat pairs, not a Python tuple per event: no allocation (checked above) */
             const Py_ssize_t k = PySequence_Fast_GET_SIZE(a_links);
@@ -716,7 +740,7 @@ static int bus_drain(BusObject *self) {
     const int traced = self->traced;
     while (k < self->qlen) {
         PyObject *ev = self->q[k++];
-        if (traced && buf_push(&self->received, ticks()) < 0)
+        if (traced && buf_stream(&self->received, ticks()) < 0)
             return -1;
         Py_INCREF(ev);
         Py_XSETREF(self->current, ev);
@@ -806,6 +830,9 @@ fail:
  * per event of that type (float64 bits, int64, or int64 string codes, -1 for None); links: (event indexes,
  * links), one pair per link; strings: the chunk's string dictionary (code -> str). */
 static PyObject *Bus_take_log(BusObject *self, PyObject *Py_UNUSED(ignored)) {
+#if defined(__x86_64__)
+    _mm_sfence(); /* the recorded values' non-temporal stores are visible to whoever reads them next */
+#endif
     PyObject *payload = PyList_New(NTYPES);
     PyObject *dict = PyDict_New(), *strings = PyList_New(0);
     PyObject *out = NULL;
