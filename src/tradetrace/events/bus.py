@@ -17,10 +17,11 @@ Tracing cost (the hot path is written for speed):
   at flush. Its clocks are measured on every `bar_clock_every`-th bar (received/processed); the
   others carry null received/processed clocks. Their created/emitted clock is the time the feed
   emitted the chunk they belong to (they are emitted in bulk).
-- A non-BAR event is recorded columnar as it is published and dispatched: int64 buffers for its
-  row/type, cause, source and every payload field (strings as codes into a per-chunk dictionary), a
-  clock read at publish and one at dispatch. Nothing per event stays a Python object, so a chunk is
-  handed over as a few bytes objects and becomes Arrow tables with vectorized numpy work. A payload
+- A non-BAR event is recorded as int64 words as it is published and dispatched: its row/type, cause,
+  source and every payload field (strings as codes into a per-chunk dictionary), a clock read at
+  publish and one at dispatch, row-major in a few buffers. Nothing per event stays a Python object: a
+  chunk is handed over as those buffers themselves (bytes objects, no copy) and becomes Arrow tables
+  with vectorized numpy work, off the hot path (the store's writer, or a first read). A payload
   that does not fit its type's schema is rejected at publish (TypeError naming type and field).
 - Clocks are the C core's ticks (the CPU's time-stamp counter on x86-64), mapped to monotonic and
   then wall-clock nanoseconds at each flush from clock pairs read at run start and at the flush.
