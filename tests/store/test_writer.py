@@ -306,10 +306,12 @@ def test_a_killed_writer_process_fails_the_run_with_the_lost_range(store: EventS
     assert store.verify(nxt.run_id)[0]["ok"]
 
 
-def test_batches_cross_to_the_writer_out_of_band() -> None:
+@pytest.mark.parametrize("remote", [False, True])
+def test_batches_cross_to_the_writer_out_of_band(remote: bool) -> None:
     """A batch's big columns leave the pickle (protocol 5 with a buffer callback, as the writer transport
-    pickles): the head is small, and the batch read back from a shared buffer makes the same tables. Other
-    protocols still pickle it in band."""
+    pickles): the head is small, and the batch read back makes the same tables: copied into the shared buffer,
+    or (remote) read by a child process straight out of this one's memory, as a writer that passed its probe
+    does. Other protocols still pickle it in band."""
     import io
     import pickle
 
@@ -324,8 +326,27 @@ def test_batches_cross_to_the_writer_out_of_band() -> None:
     head = f.getbuffer()
     total = sum(b.raw().nbytes for b in bufs)
     assert bufs and len(head) < total / 4
-    slot = service._Slot(0, len(head) + total + 16 + 8 * len(bufs))
-    slot.write(head, [b.raw() for b in bufs])
+    slot = service._Slot(0, len(head) + total + 24 + 16 * len(bufs))
+    slot.write(head, [b.raw() for b in bufs], remote)
+    if remote:  # a real child process reads the batch out of this one (process_vm_readv), as the writer does
+        probe = os.urandom(32)
+        from tradetrace.events._hotbus import buffer_address
+
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ok = service.can_read_parent(buffer_address(probe), probe)
+                refused = service.can_read_parent(buffer_address(probe), b"x" * 32)  # not what is there
+                back, spec = service.read_slot(slot.map)
+                same = all(back.tables(md)[t].to_pandas().equals(want.to_pandas())
+                           for t, want in batch.tables(md).items())
+                code = 0 if ok and not refused and spec is None and same else 2
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        slot.close()
+        return
     back, spec = service.read_slot(slot.map)
     slot.close()
     assert spec is None

@@ -69,11 +69,12 @@ static inline int64_t ticks(void) { return mono_ns(); }
  * reference workload, copying each buffer into per-column bytes cost ~5.5 ms per 1M bars (the copy and
  * the page faults of its fresh memory), ~0.8% of the run. Writing into a bytes object is how CPython fills
  * a new one: it is ours alone (refcount 1, never exposed) until it is taken. After a take, `spare` keeps a
- * reference to it: if its consumer has dropped it when the next chunk needs a buffer (the store's
- * transport copies a batch into shared memory and drops it), its memory is reused, pages already mapped. */
+ * reference to it (to the last two): one its consumer has dropped when the next chunk needs a buffer is
+ * reused, its pages already mapped. Two, because the store's writer process reads a batch's buffers out of
+ * this process (service.py) while the next chunk records: the one before is free by then. */
 typedef struct {
     PyObject *obj;   /* bytes object holding `cap` values (ours alone), or NULL */
-    PyObject *spare; /* the last buffer taken, reused if nobody else holds it any more */
+    PyObject *spare[2]; /* the last two buffers taken, reused once nobody else holds them */
     int64_t *d;      /* obj's storage */
     Py_ssize_t n, cap, want; /* values written, room, and the room of the last buffer taken */
 } I64Buf;
@@ -84,11 +85,12 @@ static __attribute__((cold, noinline)) int64_t *buf_grow_for(I64Buf *b, Py_ssize
     while (cap < b->n + k)
         cap *= 2;
     if (b->obj == NULL) {
-        if (b->spare != NULL && Py_REFCNT(b->spare) == 1) {
-            b->obj = b->spare;
-            b->spare = NULL;
-        } else {
-            Py_CLEAR(b->spare);
+        for (int k = 0; k < 2 && b->obj == NULL; k++)
+            if (b->spare[k] != NULL && Py_REFCNT(b->spare[k]) == 1) {
+                b->obj = b->spare[k];
+                b->spare[k] = NULL;
+            }
+        if (b->obj == NULL) {
             b->obj = PyBytes_FromStringAndSize(NULL, cap * (Py_ssize_t)sizeof(int64_t));
             if (b->obj == NULL)
                 goto fail;
@@ -175,13 +177,15 @@ static PyObject *buf_take(I64Buf *b) {
     }
     b->n = 0;
     b->want = room;
-    Py_XSETREF(b->spare, Py_NewRef(out));
+    Py_XSETREF(b->spare[1], b->spare[0]);
+    b->spare[0] = Py_NewRef(out);
     return out;
 }
 
 static void buf_free(I64Buf *b) {
     Py_CLEAR(b->obj);
-    Py_CLEAR(b->spare);
+    Py_CLEAR(b->spare[0]);
+    Py_CLEAR(b->spare[1]);
     b->d = NULL;
     b->n = b->cap = b->want = 0;
 }
@@ -955,7 +959,19 @@ static PyObject *clock_pair(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored)
     return Py_BuildValue("(LL)", (long long)t, (long long)ns);
 }
 
+/* buffer_address(obj) -> int: where an object's buffer starts in this process (the store's writer process
+ * reads batch buffers from there, see store/service.py). The caller keeps `obj` alive while it is read. */
+static PyObject *buffer_address(PyObject *Py_UNUSED(m), PyObject *obj) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"buffer_address", buffer_address, METH_O, "Address of an object's (contiguous) buffer in this process."},
     {"clock_pair", clock_pair, METH_NOARGS,
      "(ticks, monotonic ns) read back to back: two pairs map the hot path's clock ticks to nanoseconds."},
     {NULL}};

@@ -46,6 +46,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import TYPE_CHECKING, Any
 
+from tradetrace.events._hotbus import buffer_address
 from tradetrace.events.event import new_run_id
 from tradetrace.events.recorder import EventBatch, MarketWindow
 from tradetrace.store import market as market_sets
@@ -115,13 +116,19 @@ class WriterService:
         self.fresh = fresh
         self.has_market = not fresh  # a fork sees the run's market data: batches travel without their rows
         self._ready = not fresh  # a fork has everything imported already
+        # Until the writer says it can read this process's memory, batches are copied into shared buffers.
+        self.remote = False
+        self._probe = os.urandom(32)  # what the writer reads to find out (kept alive: it reads it from here)
+        probe = (buffer_address(self._probe), self._probe)
         self.proc: subprocess.Popen | _Forked
         if fresh:
             code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[2]); "
-                    "from tradetrace.store.service import main; main(int(sys.argv[1]), announce=True)")
+                    "from tradetrace.store.service import main; "
+                    "main(int(sys.argv[1]), announce=True, probe=(int(sys.argv[3]), bytes.fromhex(sys.argv[4])))")
             # The parent's import path travels along: a run started from a source tree or a test's sys.path
             # must find the same tradetrace in its writer.
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), json.dumps(sys.path)],
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), json.dumps(sys.path),
+                                          str(probe[0]), probe[1].hex()],
                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
         else:
             pid = os.fork()
@@ -129,7 +136,7 @@ class WriterService:
                 code = 0
                 try:
                     ours.close()
-                    main(theirs.detach(), market=market)
+                    main(theirs.detach(), market=market, probe=probe)
                 except BaseException:  # noqa: BLE001 - reported on stderr; the engine sees the closed socket
                     import traceback
 
@@ -159,9 +166,12 @@ class WriterService:
         """Whether a fresh writer has finished starting (it says so once, before any run is sent to it)."""
         if not self._ready and self.usable() and self.conn.poll(None if wait else 0):
             try:
-                self._ready = self.conn.recv() == ("ready",)
+                msg = self.conn.recv()
             except (EOFError, OSError):
                 self.broken = True
+            else:
+                if msg[0] == "ready":
+                    self.said_ready(bool(msg[1]))
         return self._ready
 
     def hand_over(self, run_id: str, batch: EventBatch, market: MarketData) -> None:
@@ -180,7 +190,8 @@ class WriterService:
         pickle.Pickler(f, protocol=5, buffer_callback=buffers.append).dump((batch, spec))
         head = f.getbuffer()
         views = [b.raw() for b in buffers]
-        size = 16 + len(head) + sum(8 + v.nbytes for v in views)
+        remote = self.remote
+        size = 24 + len(head) + sum(16 if remote else 8 + v.nbytes for v in views)
         slot = self._free.pop() if self._free else None
         new = slot is None
         if slot is None:
@@ -189,7 +200,8 @@ class WriterService:
         elif slot.size < size:
             slot.grow(size)
             new = True  # the writer maps it again
-        slot.write(head, views)
+        slot.write(head, views, remote)
+        slot.keep = buffers if remote else None  # read from here until the writer says "taken"
         self._busy.append(slot)
         self.conn.send(("batch", run_id, slot.number, slot.size if new else 0))
         if new:
@@ -202,9 +214,15 @@ class WriterService:
 
     def taken(self) -> None:
         """The writer copied out the oldest batch handed over (of whichever run: it answers every batch,
-        in order): its buffer is free again."""
-        self._free.append(self._busy.popleft())
+        in order): its buffer is free again, and so are the engine's buffers it was read from."""
+        slot = self._busy.popleft()
+        slot.keep = None
+        self._free.append(slot)
 
+    def said_ready(self, remote: bool) -> None:
+        """The writer's first message: started, and whether it can read this process's memory."""
+        self._ready = True
+        self.remote = remote
 
     def close(self) -> None:
         """Stop the writer: it exits on end of file, and is reaped later (a forked writer's exit tears down a
@@ -220,10 +238,12 @@ class WriterService:
 class _Slot:
     """A shared-memory buffer (memfd, mapped by both processes) holding one batch at a time.
 
-    Layout: head length, buffer count, the pickle head, then each out-of-band buffer as length + bytes."""
+    Layout: head length, buffer count, mode, the pickle head, then each out-of-band buffer: mode 0, its length
+    and bytes; mode 1, its length and address in the engine process (the writer reads it from there)."""
 
     def __init__(self, number: int, size: int) -> None:
         self.number = number
+        self.keep: list | None = None  # mode 1: the buffers the writer reads, alive until it has read them
         self.fd = os.memfd_create(f"tradetrace-batch-{number}", os.MFD_CLOEXEC)
         self.size = 0
         self.map: mmap.mmap | None = None
@@ -237,12 +257,16 @@ class _Slot:
         self.size = size
         self.map = mmap.mmap(self.fd, size)
 
-    def write(self, head: bytes | memoryview, views: list[memoryview]) -> None:
+    def write(self, head: bytes | memoryview, views: list[memoryview], remote: bool = False) -> None:
         m = self.map
         assert m is not None
-        m[0:16] = struct.pack("<qq", len(head), len(views))
-        pos = 16 + len(head)
-        m[16:pos] = head
+        m[0:24] = struct.pack("<qqq", len(head), len(views), int(remote))
+        pos = 24 + len(head)
+        m[24:pos] = head
+        if remote:
+            where = [x for v in views for x in (v.nbytes, buffer_address(v))]
+            m[pos:pos + 16 * len(views)] = struct.pack(f"<{2 * len(views)}q", *where)
+            return
         for v in views:
             n = v.nbytes
             m[pos:pos + 8] = struct.pack("<q", n)
@@ -250,6 +274,7 @@ class _Slot:
             pos += 8 + n
 
     def close(self) -> None:
+        self.keep = None
         if self.map is not None:
             self.map.close()
             self.map = None
@@ -281,16 +306,58 @@ _HELD = _Markets()
 
 
 def read_slot(m: mmap.mmap) -> Any:
-    """The writer's side of `_Slot.write`: the object, its big columns copied out of the buffer."""
-    head_len, count = struct.unpack_from("<qq", m, 0)
-    pos = 16 + head_len
-    buffers = []
+    """The writer's side of `_Slot.write`: the object, its big columns copied out of the buffer (mode 0) or
+    read out of the engine process (mode 1)."""
+    head_len, count, mode = struct.unpack_from("<qqq", m, 0)
+    pos = 24 + head_len
     with memoryview(m) as view:
-        for _ in range(count):
-            (n,) = struct.unpack_from("<q", m, pos)
-            buffers.append(bytearray(view[pos + 8:pos + 8 + n]))  # one copy: the buffer takes the next batch
-            pos += 8 + n
-        return pickle.loads(view[16:16 + head_len], buffers=buffers)
+        if mode:
+            where = struct.unpack_from(f"<{2 * count}q", m, pos)
+            buffers = _read_parent(list(zip(where[1::2], where[0::2], strict=True)))
+        else:
+            buffers = []
+            for _ in range(count):
+                (n,) = struct.unpack_from("<q", m, pos)
+                buffers.append(bytearray(view[pos + 8:pos + 8 + n]))  # one copy: the buffer takes the next batch
+                pos += 8 + n
+        return pickle.loads(view[24:24 + head_len], buffers=buffers)
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_READV: Any = None
+
+
+def _read_parent(spans: list[tuple[int, int]]) -> list[bytearray]:
+    """Copies of (address, length) spans of the engine process's memory (this process's parent), in one
+    process_vm_readv call. Raises OSError if the kernel refuses or the engine is gone."""
+    global _READV
+    if _READV is None:
+        fn = ctypes.CDLL(None, use_errno=True).process_vm_readv
+        fn.restype = ctypes.c_ssize_t
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+        _READV = fn
+    out = [bytearray(n) for _, n in spans]
+    local = (_IOVec * len(spans))(*[_IOVec(ctypes.addressof((ctypes.c_char * len(b)).from_buffer(b)) if b else 0,
+                                           len(b)) for b in out])
+    remote = (_IOVec * len(spans))(*[_IOVec(addr, n) for addr, n in spans])
+    want = sum(n for _, n in spans)
+    got = _READV(os.getppid(), local, len(spans), remote, len(spans), 0) if spans else 0
+    if got != want:
+        err = ctypes.get_errno()
+        raise OSError(err, f"reading {want} bytes of the engine's batch got {got}: {os.strerror(err) if err else ''}")
+    return out
+
+
+def can_read_parent(address: int, expected: bytes) -> bool:
+    """Whether this process may read its parent's memory (Linux, not forbidden by Yama or seccomp): a probe of
+    `expected`, which the parent holds at `address`."""
+    try:
+        return bytes(_read_parent([(address, len(expected))])[0]) == expected
+    except (OSError, AttributeError):  # refused, or no process_vm_readv in this libc
+        return False
 
 
 _EXITING: list[subprocess.Popen | _Forked] = []  # closed writers not yet reaped
@@ -378,21 +445,23 @@ def _receive(conn: Connection, msg: tuple, maps: dict[int, mmap.mmap]) -> tuple[
     return batch, _HELD.use(spec[1])
 
 
-def main(fd: int, announce: bool = False, market: MarketData | None = None) -> None:
+def main(fd: int, announce: bool = False, market: MarketData | None = None,
+         probe: tuple[int, bytes] | None = None) -> None:
     """The writer process: runs one after the other, until the engine process closes the connection.
-    `announce`: say "ready" first (a fresh writer, whose start the engine does not wait for); `market`: the
-    run's data, in a forked writer (its batches come without market rows)."""
+    `announce`: imports first (a fresh writer, whose start the engine does not wait for); `market`: the run's
+    data, in a forked writer (its batches come without market rows). Its first message says it is ready and
+    whether it can read the engine's memory (`probe`: an address there and what it holds): then batches
+    are read from there, not copied into shared memory by the engine."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which ends the run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     conn = Connection(fd)
     if announce:
         from tradetrace.store import writer  # noqa: F401 - everything a run needs, imported before "ready"
-
-        try:
-            conn.send(("ready",))
-        except (BrokenPipeError, ConnectionResetError):  # the engine exited while this writer started
-            return
+    try:
+        conn.send(("ready", probe is not None and can_read_parent(*probe)))
+    except (BrokenPipeError, ConnectionResetError):  # the engine exited while this writer started
+        return
     maps: dict[int, mmap.mmap] = {}  # the engine's shared buffers, by number
     msg: Any = None
     try:

@@ -472,6 +472,10 @@ class StoreRecorder:
                 self._error = self._error or RuntimeError(f"writer process exited (code {code}): {exc!r}")
                 return
             kind, run = msg[0], msg[1]
+            if kind == "ready":  # a forked writer's first message (see service.main)
+                assert self._service is not None
+                self._service.said_ready(bool(run))
+                continue
             if kind == "taken":
                 assert self._service is not None
                 self._service.taken()  # every batch's buffer comes back, whichever run it was
