@@ -11,15 +11,22 @@ start-up); its second starts the fresh writer in the background (still writing t
 and every later run, once the fresh writer says it is ready, uses it: a process that runs many
 backtests pays neither cost per run. `for_run()` makes that choice.
 
-Transport (why): a batch is pickled straight into a shared-memory buffer (a memfd both processes map),
-and only the buffer's number crosses the socket, so handing a batch over is one memcpy that never waits
-for the writer. The batch's tables read market rows: a fork has the data it inherited; the fresh writer
-gets each data set once, with the first batch that needs it, and keeps the last `MARKETS_KEPT` (a
-process's runs mostly reuse one data set: sending each batch's rows instead copied 56 MB per 1M-bar run,
-~2% of the run). Both sides keep the same least-recently-used list, so the engine knows what the
-writer holds. Data sets over `market.MAX_SET_BYTES` still travel as each batch's rows: memory first.
-Buffers are reused: the writer answers "taken" once it has copied a batch out, and that buffer takes a
-later batch. A fresh memfd per batch cost ~4x more than the copy (the kernel allocates and zeroes its
+Transport (why): a batch is pickled with its big buffers out of band (the C core's recording buffers,
+market columns), its head goes into a shared-memory buffer (a memfd both processes map), and only the
+buffer's number crosses the socket, so handing a batch over never waits for the writer. The big buffers
+are not copied by the engine: the writer reads them out of the engine's memory (process_vm_readv), and
+the engine keeps them alive until the writer says "taken" (copying them into shared memory cost the
+engine ~3 ms per 1M bars, and its memory traffic). Whether the kernel lets the writer do that (Linux;
+Yama or seccomp may forbid it) is found out once, when the writer starts: it reads a probe the engine
+holds and says so in its first message. Until then, and where it cannot, the engine copies the buffers
+into the shared buffer after the head (one memcpy). The batch's tables read market rows: a fork has the
+data it inherited; the fresh writer gets each data set once, with the first batch that needs it, and
+keeps the last `MARKETS_KEPT` (a process's runs mostly reuse one data set: sending each batch's rows
+instead copied 56 MB per 1M-bar run, ~2% of the run). Both sides keep the same least-recently-used list,
+so the engine knows what the writer holds. Data sets over `market.MAX_SET_BYTES` still travel as each
+batch's rows: memory first. Buffers are reused: the writer answers "taken" once it has read a batch, and
+that buffer takes a later batch (and the engine's recording buffers it was read from record again, see
+`_hotbus.c`). A fresh memfd per batch cost ~4x more than the copy (the kernel allocates and zeroes its
 pages). Every acknowledgement names its run, so a late answer about an earlier run (one that failed) is
 never taken for the current one.
 
