@@ -341,7 +341,13 @@ def test_batches_cross_to_the_writer_out_of_band(remote: bool) -> None:
                 back, spec = service.read_slot(slot.map)
                 same = all(back.tables(md)[t].to_pandas().equals(want.to_pandas())
                            for t, want in batch.tables(md).items())
-                code = 0 if ok and not refused and spec is None and same else 2
+                service._DYING_S = 0.01  # a read that fails while the engine lives is the writer's failure
+                try:
+                    service._read_parent([(8, 16)])  # an address no process maps
+                    failed = False
+                except OSError:
+                    failed = True
+                code = 0 if ok and not refused and spec is None and same and failed else 2
             finally:
                 os._exit(code)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0

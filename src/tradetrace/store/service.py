@@ -71,10 +71,10 @@ def transport_key(market: MarketData) -> str | None:
     """How the engine and a writer process name a data set the writer holds: one id per MarketData object (its
     arrays are read-only from its first store run on, see market.uses_set), not its content hash, which the
     writer computes (the engine would pay ~35 ms per 1M bars). None: too big to send whole."""
-    if not market_sets.uses_set(market):
-        return None
-    key = market.derived.get("writer_key")
+    key = market.derived.get("writer_key")  # per batch: the common case first
     if key is None:
+        if not market_sets.uses_set(market):
+            return None
         key = market.derived["writer_key"] = new_run_id()
     return key
 
@@ -337,9 +337,8 @@ class _IOVec(ctypes.Structure):
 _READV: Any = None
 
 
-def _read_parent(spans: list[tuple[int, int]]) -> list[bytearray]:
-    """Copies of (address, length) spans of the engine process's memory (this process's parent), in one
-    process_vm_readv call. Raises OSError if the kernel refuses or the engine is gone."""
+def _readv(pid: int, spans: list[tuple[int, int]]) -> tuple[list[bytearray], int]:
+    """(copies of the (address, length) spans of process `pid`'s memory, bytes read), one process_vm_readv."""
     global _READV
     if _READV is None:
         fn = ctypes.CDLL(None, use_errno=True).process_vm_readv
@@ -350,21 +349,42 @@ def _read_parent(spans: list[tuple[int, int]]) -> list[bytearray]:
     local = (_IOVec * len(spans))(*[_IOVec(ctypes.addressof((ctypes.c_char * len(b)).from_buffer(b)) if b else 0,
                                            len(b)) for b in out])
     remote = (_IOVec * len(spans))(*[_IOVec(addr, n) for addr, n in spans])
+    return out, (_READV(pid, local, len(spans), remote, len(spans), 0) if spans else 0)
+
+
+#: The engine process this writer serves, set when the writer starts (`main`); None: this process's parent.
+_ENGINE: int | None = None
+#: How long a failed read waits for this process's own end before it counts as the writer's failure.
+_DYING_S = 0.5
+
+
+def _read_parent(spans: list[tuple[int, int]]) -> list[bytearray]:
+    """The batch buffers at (address, length) spans of the engine's memory.
+
+    A read fails when the engine is exiting (its memory goes first): then this process is killed with it
+    (PR_SET_PDEATHSIG) within moments, and must not mark the run failed meanwhile (a killed run reads
+    incomplete, with its lost range). So a failed read waits for that first; if the engine is gone it is
+    EOFError (engine gone, as on the socket), else OSError (the writer's failure, the run is marked failed)."""
+    engine = _ENGINE if _ENGINE is not None else os.getppid()
+    out, got = _readv(engine, spans)
     want = sum(n for _, n in spans)
-    got = _READV(os.getppid(), local, len(spans), remote, len(spans), 0) if spans else 0
-    if got != want:
-        err = ctypes.get_errno()
-        raise OSError(err, f"reading {want} bytes of the engine's batch got {got}: {os.strerror(err) if err else ''}")
-    return out
+    if got == want:
+        return out
+    err = ctypes.get_errno()
+    time.sleep(_DYING_S)
+    if os.getppid() != engine:  # reparented: the engine has exited
+        raise EOFError("the engine process is gone")
+    raise OSError(err, f"reading {want} bytes of the engine's batch got {got}: {os.strerror(err) if err else ''}")
 
 
 def can_read_parent(address: int, expected: bytes) -> bool:
     """Whether this process may read its parent's memory (Linux, not forbidden by Yama or seccomp): a probe of
     `expected`, which the parent holds at `address`."""
     try:
-        return bytes(_read_parent([(address, len(expected))])[0]) == expected
-    except (OSError, AttributeError):  # refused, or no process_vm_readv in this libc
+        out, got = _readv(_ENGINE if _ENGINE is not None else os.getppid(), [(address, len(expected))])
+    except AttributeError:  # no process_vm_readv in this libc
         return False
+    return got == len(expected) and bytes(out[0]) == expected
 
 
 _EXITING: list[subprocess.Popen | _Forked] = []  # closed writers not yet reaped
@@ -459,6 +479,8 @@ def main(fd: int, announce: bool = False, market: MarketData | None = None,
     data, in a forked writer (its batches come without market rows). Its first message says it is ready and
     whether it can read the engine's memory (`probe`: an address there and what it holds): then batches
     are read from there, not copied into shared memory by the engine."""
+    global _ENGINE
+    _ENGINE = os.getppid()
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which ends the run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -482,7 +504,7 @@ def main(fd: int, announce: bool = False, market: MarketData | None = None,
                     _receive(conn, msg, maps)
                     conn.send(("taken", msg[1]))
                 msg = None
-    except (EOFError, ConnectionResetError):  # the engine process is gone, or done with its runs
+    except (EOFError, ConnectionError):  # the engine process is gone, or done with its runs
         return
 
 
@@ -520,7 +542,7 @@ def _serve_run(conn: Connection, spec: dict, maps: dict[int, mmap.mmap],
                 w.finish(msg[2])
                 conn.send(("done", run_id))
                 return None
-    except (EOFError, ConnectionResetError):
+    except (EOFError, ConnectionError):
         raise  # the engine is gone without ending the run: the durable segments stay, the run reads incomplete
     except Exception as exc:  # noqa: BLE001 - the engine is told and the run marked failed
         mark_failed(w, exc)
