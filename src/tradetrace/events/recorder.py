@@ -304,8 +304,9 @@ class EventBatch:
         n_bars = self.bars.row_stop - self.bars.row_start
         if n_bars:
             out["BAR"] = n_bars
-        per_type = self.type_counts if self.type_counts is not None else np.bincount(self._types, minlength=NTYPES)
-        for t, c in enumerate(list(per_type)):
+        per_type = (self.type_counts if self.type_counts is not None
+                    else np.bincount(self._types, minlength=NTYPES).tolist())  # Python ints: they go to JSON
+        for t, c in enumerate(per_type):
             if c:
                 out[_TYPE_NAMES[t]] = c
         return out

@@ -72,7 +72,7 @@ def to_disk(table: pa.Table, etype: EventType) -> tuple[pa.Table, dict[str, str]
     """The table as stored: (table, column encodings, dictionary columns, byte-stream-split columns)."""
     if "event_type" in table.column_names:  # the hive partition, not a file column
         table = table.drop_columns(["event_type"])
-    return _encodings(_required(table), _DECIMAL_COLUMNS.get(etype, ()), _DICT_COLUMNS.get(etype, ()))
+    return _encodings(table, _DECIMAL_COLUMNS.get(etype, ()), _DICT_COLUMNS.get(etype, ()))
 
 
 #: Columns every event has a value in: stored REQUIRED. Why: Parquet encodes a definition level per value of
@@ -91,6 +91,7 @@ def _required(table: pa.Table) -> pa.Table:
 
 def _encodings(table: pa.Table, decimal: tuple[str, ...],
                dictionary: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, str], list[str], list[str]]:
+    table = _required(table)
     enc: dict[str, str] = {}
     bss: list[str] = []
     for i, f in enumerate(table.schema):
@@ -129,7 +130,7 @@ def parquet_bytes(table: pa.Table, etype: EventType, compression: str, row_group
 
 def market_bytes(table: pa.Table, compression: str) -> pa.Buffer:
     """A market set (store/market.py) as a Parquet file: its prices encoded as a BAR file's were."""
-    return _write(*_encodings(_required(table), _DECIMAL_COLUMNS[EventType.BAR]), compression, ROW_GROUP)
+    return _write(*_encodings(table, _DECIMAL_COLUMNS[EventType.BAR]), compression, ROW_GROUP)
 
 
 def from_disk(table: pa.Table, etype: EventType) -> pa.Table:
