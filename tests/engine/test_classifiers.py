@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradetrace import run_backtest
-from tradetrace.engine import synthetic
-from tradetrace.engine.classifiers import hysteresis_labels
+from tradetrace.engine import _regimes, synthetic
+from tradetrace.engine.classifiers import hysteresis_labels, rolling_quantiles
 from tradetrace.engine.data import MarketData, load_market
 
 CLASSIFIERS = [
@@ -149,6 +150,36 @@ def test_hysteresis_on_band_edges_matches_the_reference_loop(margin: float, dwel
     lo, up = np.full(len(v), 10.0), np.full(len(v), 20.0)
     reading, regime = hysteresis_labels(v, lo, up, margin, dwell)
     assert (reading.tolist(), regime.tolist()) == _reference_hysteresis(v, lo, up, margin, dwell)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 40), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.05, 0.4]),
+       st.booleans(), st.lists(st.floats(0, 1), min_size=0, max_size=3))
+def test_rolling_quantiles_equal_pandas_bit_for_bit(n: int, window: int, seed: int, nan_rate: float, ties: bool,
+                                                    extra: list[float]) -> None:
+    """The volatility bands' one-pass quantiles against pandas' rolling quantile (the reference), on NaN gaps,
+    ties, windows longer than the data, and the edge quantiles 0 and 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    if ties:
+        x = np.round(x, 1)
+    x[rng.random(n) < nan_rate] = np.nan
+    qs = (1 / 3, 2 / 3, 0.0, 1.0, 0.5, *extra)
+    for q, got in zip(qs, rolling_quantiles(x, window, qs), strict=True):
+        want = pd.Series(x).rolling(window, min_periods=window).quantile(q).to_numpy()
+        np.testing.assert_array_equal(got, want)
+
+
+def test_rolling_quantiles_refuse_bad_input() -> None:
+    x = np.array([3.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="not an ascending argsort"):
+        _regimes.rolling_quantiles(x, np.arange(3, dtype=np.int64), 2, (0.5,))
+    with pytest.raises(ValueError, match="out of range"):
+        _regimes.rolling_quantiles(x, np.array([1, 2, 7], dtype=np.int64), 2, (0.5,))
+    with pytest.raises(ValueError, match=r"quantile 1\.5 not in \[0, 1\]"):
+        rolling_quantiles(x, 2, (1.5,))
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        rolling_quantiles(x, 0, (0.5,))
 
 
 def test_unknown_readings_keep_the_last_label() -> None:

@@ -7,6 +7,8 @@ failed runs are recorded and do not stop the sweep; a finished or interrupted sw
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,25 @@ def test_an_interrupted_sweep_resumes_without_duplicates(db_url: str) -> None:
     assert resumed.skipped == recorded and resumed.completed == 6 - recorded
     rows = db_rows(db_url, resumed.sweep_id)
     assert len(rows) == 6 and len({r["run_hash"] for r in rows}) == 6 and all(r["status"] == "completed" for r in rows)
+
+
+def test_workers_exit_after_a_sweep_and_before_an_interrupted_one_raises(tmp_path: Path) -> None:
+    """A finished sweep returns without waiting for its workers to exit, but they do exit (nothing is left
+    running); an interrupted one waits for them before the interruption propagates."""
+    url = str(tmp_path / "analytics.duckdb")
+    summary = run_sweep(grid(url, fast=[3, 5, 8], slow=[21]), workers=2)
+    assert summary.completed == 3
+    deadline = time.monotonic() + 30
+    while multiprocessing.active_children() and time.monotonic() < deadline:  # reaps the exited ones
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == []
+
+    def interrupt(out: Any) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_sweep(grid(url, fast=[2, 4, 6, 7], slow=[21]), workers=2, on_outcome=interrupt)
+    assert multiprocessing.active_children() == []
 
 
 def test_optimize_cli_on_the_example_then_runs_lists_the_sweep() -> None:

@@ -15,7 +15,6 @@ only publishes at the rows where something changed.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from tradetrace.config import ClassifierConfig
 from tradetrace.engine import _regimes
@@ -44,14 +43,27 @@ def hysteresis_labels(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, m
     return np.frombuffer(reading, dtype=np.int8), np.frombuffer(regime, dtype=np.int8)
 
 
+def rolling_quantiles(x: np.ndarray, window: int, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """The `qs` quantiles of each trailing `window` values of `x`, all in one pass (`_regimes.c`).
+
+    Equal to pandas' `Series(x).rolling(window, min_periods=window).quantile(q)` for each q (linear
+    interpolation; NaN unless the window holds `window` non-NaN values), bit for bit, which a test checks.
+    Why not pandas: it makes one pass per quantile, 0.3 s each for 1M rows and the volatility classifier's
+    3900-row lookback; here both bands take ~0.15 s (most of it the argsort that ranks the values).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")  # NaNs last
+    out = _regimes.rolling_quantiles(x, order.astype(np.int64, copy=False), int(window), tuple(map(float, qs)))
+    return [np.frombuffer(b, dtype=np.float64) for b in out]
+
+
 def _reading(cfg: ClassifierConfig, md: MarketData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(value, lower band, upper band) for one symbol's rows."""
     close = md.close[rows]
     if cfg.type == "volatility":
         vol = ind.rolling_std(ind.log_returns(close), cfg.window)
-        s = pd.Series(vol)
-        roll = s.rolling(cfg.lookback, min_periods=cfg.lookback)
-        return vol, roll.quantile(1 / 3).to_numpy(), roll.quantile(2 / 3).to_numpy()
+        lower, upper = rolling_quantiles(vol, cfg.lookback, (1 / 3, 2 / 3))
+        return vol, lower, upper
     if cfg.type == "trend":
         m = ind.sma(close, cfg.window)
         vol = ind.rolling_std(ind.log_returns(close), cfg.window) * np.sqrt(cfg.window)
