@@ -14,6 +14,11 @@ thread (its parallel insert cost 60% more CPU for these small batches: 85 agains
 no CHECKPOINT after each write (35 ms more): committed rows are already durable in DuckDB's WAL, and
 closing the file checkpoints once.
 
+At the end of a sweep the last runs are in flight on fewer workers than there are cores: the runner says
+so (`flush_now`), and the thread writes what is queued and checkpoints then, on the idle core, so that
+`close()` (serial: nothing else is left) writes only the last runs' rows and checkpoints little
+(measured with 2 workers on a 48-run sweep: close ~60-90 ms before, ~15-25 ms after).
+
 The thread starts on the first row, not before: the process pool forks its workers on its first
 task, and forking while this thread is inside DuckDB could hand a worker a copy of a held lock.
 """
@@ -33,6 +38,7 @@ BATCH_RUNS = 64
 MIN_INTERVAL_S = 0.5
 
 _STOP = object()
+_FLUSH = object()
 
 
 class RowWriter:
@@ -51,6 +57,11 @@ class RowWriter:
             self._thread = threading.Thread(target=self._run, name="sweep-row-writer", daemon=True)
             self._thread.start()
         self._queue.put(rec)
+
+    def flush_now(self) -> None:
+        """Write what is queued at once and checkpoint the file (a core is idle now: the sweep's last runs)."""
+        if self._thread is not None:
+            self._queue.put(_FLUSH)
 
     def close(self) -> None:
         """Write every queued row, close the database; raises the writer's error if a write failed."""
@@ -74,10 +85,12 @@ class RowWriter:
                 db.execute("SET threads = 1")  # the workers have the cores (see the module docstring)
             last = 0.0
             while not stopping:
-                batch, stopping = self._next_batch(last)
+                batch, stopping, flush = self._next_batch(last)
                 if batch:
                     etl.write_runs(db, batch)
                     last = time.monotonic()
+                if flush and db.dialect == "duckdb":
+                    db.execute("CHECKPOINT")
         except BaseException as exc:  # handed to the main thread, raised by its next add() or close()
             self._error = exc
             if not stopping:
@@ -86,22 +99,34 @@ class RowWriter:
             if db is not None:
                 db.close()
 
-    def _next_batch(self, last: float) -> tuple[list[etl.RunRecords], bool]:
+    def _next_batch(self, last: float) -> tuple[list[etl.RunRecords], bool, bool]:
         """Block for a row, wait out the rest of `MIN_INTERVAL_S` since the last write (unless
-        stopping), then take everything queued (up to `BATCH_RUNS`). Returns (rows, stop seen)."""
+        stopping or told to flush), then take everything queued (up to `BATCH_RUNS`). Returns (rows,
+        stop seen, flush asked)."""
         item = self._queue.get()
         batch: list[etl.RunRecords] = []
         while True:
             if item is _STOP:
-                return batch, True
+                return batch, True, False
+            if item is _FLUSH:  # everything queued up to now goes in this write
+                while len(batch) < BATCH_RUNS:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        return batch, True, False  # closing: the close checkpoints
+                    if nxt is not _FLUSH:
+                        batch.append(nxt)
+                return batch, False, True
             batch.append(item)
             if len(batch) >= BATCH_RUNS:
-                return batch, False
+                return batch, False, False
             wait = last + MIN_INTERVAL_S - time.monotonic()
             try:
                 item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
-                return batch, False
+                return batch, False, False
 
     def _drain(self) -> None:
         """After a failed write: consume the queue up to the stop mark so `close()` does not hang."""
