@@ -174,8 +174,11 @@ def test_rolling_quantiles_refuse_bad_input() -> None:
     x = np.array([3.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="not an ascending argsort"):
         _regimes.rolling_quantiles(x, np.arange(3, dtype=np.int64), 2, (0.5,))
-    with pytest.raises(ValueError, match="out of range"):
-        _regimes.rolling_quantiles(x, np.array([1, 2, 7], dtype=np.int64), 2, (0.5,))
+    for order in ([1, 2, 7], [1, 1, 0], [-1, 2, 0]):
+        with pytest.raises(ValueError, match="not a permutation"):
+            _regimes.rolling_quantiles(x, np.array(order, dtype=np.int64), 2, (0.5,))
+    with pytest.raises(ValueError, match="not a permutation"):  # a NaN's index twice
+        _regimes.rolling_quantiles(np.array([1.0, np.nan]), np.array([1, 1], dtype=np.int64), 2, (0.5,))
     with pytest.raises(ValueError, match=r"quantile 1\.5 not in \[0, 1\]"):
         rolling_quantiles(x, 2, (1.5,))
     with pytest.raises(ValueError, match="window must be >= 1"):

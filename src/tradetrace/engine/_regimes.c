@@ -193,16 +193,20 @@ static PyObject *rolling_quantiles(PyObject *Py_UNUSED(m), PyObject *args) {
         PyErr_NoMemory();
         goto fail;
     }
+    for (Py_ssize_t i = 0; i < n; i++)
+        rank[i] = -1;
     Py_ssize_t m = 0; /* values that are not NaN: order[0..m) */
     for (Py_ssize_t k = 0; k < n; k++) {
         const int64_t i = order[k];
-        if (i < 0 || i >= n) {
-            PyErr_SetString(PyExc_ValueError, "rolling_quantiles: order holds an index out of range");
+        if (i < 0 || i >= n || rank[i] != -1) { /* a permutation, or ranks would be missing */
+            PyErr_SetString(PyExc_ValueError, "rolling_quantiles: order is not a permutation of the indexes");
             goto fail;
         }
         const double x = v[i];
-        if (x != x)
+        if (x != x) {
+            rank[i] = -2; /* seen, never ranked */
             continue;
+        }
         if (k != m || (m > 0 && x < sorted[m - 1])) {
             PyErr_SetString(PyExc_ValueError, "rolling_quantiles: order is not an ascending argsort with NaNs last");
             goto fail;
