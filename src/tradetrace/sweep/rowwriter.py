@@ -17,7 +17,8 @@ closing the file checkpoints once.
 At the end of a sweep the last runs are in flight on fewer workers than there are cores: the runner says
 so (`flush_now`), and the thread writes what is queued and checkpoints then, on the idle core, so that
 `close()` (serial: nothing else is left) writes only the last runs' rows and checkpoints little
-(measured with 2 workers on a 48-run sweep: close ~60-90 ms before, ~15-25 ms after).
+(measured with 2 workers on a 48-run sweep, median of 8: close 79-95 ms before, 59-61 ms after; the last
+runs often end before the early write and checkpoint do).
 
 The thread starts on the first row, not before: the process pool forks its workers on its first
 task, and forking while this thread is inside DuckDB could hand a worker a copy of a held lock.
