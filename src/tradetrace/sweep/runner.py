@@ -156,7 +156,7 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
                     summary.errors.append(f"{out.correlation_id}: {out.error}")
             if writer is not None and out.records is not None:
                 writer.add(out.records)
-                if len(tasks) - summary.ran == summary.workers - 1 > 0:  # the last runs: a worker is idle now
+                if summary.workers > 1 and len(tasks) - summary.ran == summary.workers - 1:  # a worker is idle now
                     writer.flush_now()
             if on_outcome is not None:
                 on_outcome(out)
