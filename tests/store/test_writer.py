@@ -361,3 +361,60 @@ def test_batches_cross_to_the_writer_out_of_band(remote: bool) -> None:
         assert list(got) == list(want)
         for t in want:
             assert got[t].to_pandas().equals(want[t].to_pandas()), t
+
+
+def test_inbox_reads_what_a_connection_sends_in_whole_messages() -> None:
+    """The engine reads the writer's messages with `service.Inbox` (one recv for all that wait), the writer
+    sends them with multiprocessing's `Connection`: every message arrives whole and in order, including one
+    split across reads, one over the 16 KB that Connection sends as header and body apart, and one with
+    the 8-byte length form; then EOFError once the writer is gone."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    big = "x" * 100_000
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            conn = Connection(theirs.detach())
+            conn.send(("taken", "run-a"))
+            conn.send(("durable", "run-a", 7))
+            conn.send(("error", "run-a", big))
+            conn.close()
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    inbox = service.Inbox(ours.detach())
+    try:
+        got: list = []
+        while len(got) < 3:
+            got += inbox.take(block=True)
+        assert got == [("taken", "run-a"), ("durable", "run-a", 7), ("error", "run-a", big)]
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        with pytest.raises(EOFError):
+            inbox.take(block=True)
+    finally:
+        inbox.close()
+
+    # The 8-byte length form (messages over 2 GB) and a frame cut anywhere, parsed as the bytes arrive.
+    import pickle
+    import struct
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    inbox = service.Inbox(a.detach())
+    try:
+        body = pickle.dumps(("done", "run-b"))
+        stream = struct.pack("!i", -1) + struct.pack("!Q", len(body)) + body + struct.pack("!i", len(body)) + body
+        for k in range(0, len(stream), 5):
+            b.send(stream[k:k + 5])
+            time.sleep(0.001)
+        got = []
+        while len(got) < 2:
+            got += inbox.take(block=True)
+        assert got == [("done", "run-b"), ("done", "run-b")] and inbox.take(block=False) == []
+    finally:
+        inbox.close()
+        b.close()

@@ -42,6 +42,7 @@ import json
 import mmap
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -65,6 +66,83 @@ _PR_SET_PDEATHSIG = 1
 _MEMFD = hasattr(os, "memfd_create")
 #: Data sets a fresh writer keeps (each is a copy of the market columns: ~60 MB per 1M bars).
 MARKETS_KEPT = 2
+
+
+class Poll:
+    """`Connection.poll` without its per-call cost: multiprocessing builds, registers and drops a selector on
+    every poll; one `select.poll` registered once is one syscall (the writer polls at every batch). A closed
+    peer reads as ready (POLLHUP), so the caller's recv() raises EOFError, as after Connection.poll."""
+
+    __slots__ = ("_poll",)
+
+    def __init__(self, fd: int) -> None:
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+
+    def __call__(self, timeout: float | None = 0.0) -> bool:
+        """A message (or the peer's end) is waiting, within `timeout` seconds (None: block until one is)."""
+        return bool(self._poll.poll(None if timeout is None else max(timeout, 0.0) * 1000.0))
+
+
+class Inbox:
+    """The writer's messages on the engine's side: everything waiting is read in one syscall.
+
+    Why: the engine reads acknowledgements at every batch it hands over, and `Connection` spends a poll (with a
+    new selector each time) and two reads (length, then body) per message. Inside a run syscalls are dear (the
+    engine's caches are cold for them): measured per 1M-bar run (21 batches), reading acknowledgements took
+    1.8 ms that way, and 1.0 ms with one recv per call (~17 us per recv, as much again to unpickle). Frames are
+    multiprocessing's, as the writer's `Connection.send` writes them: a 4-byte big-endian length (or -1, then
+    an 8-byte one), then the pickle."""
+
+    __slots__ = ("_sock", "_poll", "_buf", "_messages")
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)  # owns `fd` (a duplicate of the connection's)
+        self._poll = Poll(fd)
+        self._buf = bytearray()
+        self._messages: deque[Any] = deque()
+
+    def take(self, block: bool) -> list[Any]:
+        """Every message waiting, read with one recv (`block`: waits for at least one); [] if none is. Raises
+        EOFError once the writer has closed its end and every message it sent has been taken."""
+        while not self._messages:
+            if block:
+                self._poll(None)
+            try:
+                data = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if block:
+                    continue
+                return []
+            if not data:
+                raise EOFError("the writer closed its connection")
+            self._buf += data
+            self._split()
+            if not block:
+                break  # a partial frame: the rest comes with a later call
+        out = list(self._messages)
+        self._messages.clear()
+        return out
+
+    def _split(self) -> None:
+        """Complete frames of the buffer -> messages; a partial one waits for the rest."""
+        buf, pos = self._buf, 0
+        while len(buf) - pos >= 4:
+            (n,) = struct.unpack_from("!i", buf, pos)
+            head = 4
+            if n == -1:
+                if len(buf) - pos < 12:
+                    break
+                (n,) = struct.unpack_from("!Q", buf, pos + 4)
+                head = 12
+            if len(buf) - pos - head < n:
+                break
+            self._messages.append(pickle.loads(buf[pos + head:pos + head + n]))
+            pos += head + n
+        del buf[:pos]
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def transport_key(market: MarketData) -> str | None:
@@ -153,7 +231,8 @@ class WriterService:
                     os._exit(code)
             self.proc = _Forked(pid)
         theirs.close()
-        self.conn = Connection(ours.detach())
+        self.conn = Connection(os.dup(ours.fileno()))  # sends; replies are read by `inbox`
+        self.inbox = Inbox(ours.detach())
         self.owner = os.getpid()
         self.broken = False
         self._free: list[_Slot] = []  # buffers the writer has finished with
@@ -171,14 +250,14 @@ class WriterService:
 
     def ready(self, wait: bool = False) -> bool:
         """Whether a fresh writer has finished starting (it says so once, before any run is sent to it)."""
-        if not self._ready and self.usable() and self.conn.poll(None if wait else 0):
+        if not self._ready and self.usable():
             try:
-                msg = self.conn.recv()
+                messages = self.inbox.take(block=wait)
             except (EOFError, OSError):
                 self.broken = True
-            else:
-                if msg[0] == "ready":
-                    self.said_ready(bool(msg[1]))
+            else:  # the first message a fresh writer sends: nothing else can come before it
+                if messages and messages[0][0] == "ready":
+                    self.said_ready(bool(messages[0][1]))
         return self._ready
 
     def hand_over(self, run_id: str, batch: EventBatch, market: MarketData) -> None:
@@ -239,6 +318,7 @@ class WriterService:
         self._busy.clear()
         self._free.clear()
         self.conn.close()
+        self.inbox.close()
         _EXITING.append(self.proc)
 
 
@@ -485,6 +565,7 @@ def main(fd: int, announce: bool = False, market: MarketData | None = None,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which ends the run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     conn = Connection(fd)
+    pending = Poll(fd)
     if announce:
         from tradetrace.store import writer  # noqa: F401 - everything a run needs, imported before "ready"
     try:
@@ -498,7 +579,7 @@ def main(fd: int, announce: bool = False, market: MarketData | None = None,
             if msg is None:
                 msg = conn.recv()
             if msg[0] == "begin":
-                msg = _serve_run(conn, msg[1], maps, market)
+                msg = _serve_run(conn, pending, msg[1], maps, market)
             else:  # the tail of a run that failed here: discard it until the next run
                 if msg[0] == "batch":
                     _receive(conn, msg, maps)
@@ -508,7 +589,7 @@ def main(fd: int, announce: bool = False, market: MarketData | None = None,
         return
 
 
-def _serve_run(conn: Connection, spec: dict, maps: dict[int, mmap.mmap],
+def _serve_run(conn: Connection, pending: Poll, spec: dict, maps: dict[int, mmap.mmap],
                market: MarketData | None = None) -> tuple | None:
     """One run: batches in, segments out, acknowledgements back. Returns a message meant for the next run
     (a new "begin" after a run the engine abandoned), or None."""
@@ -520,7 +601,7 @@ def _serve_run(conn: Connection, spec: dict, maps: dict[int, mmap.mmap],
     try:
         while True:
             timeout = max(durability_s - (time.monotonic() - w.since), 0.0) if w.events else None
-            if not conn.poll(timeout):  # durability_ms passed with events buffered
+            if not pending(timeout):  # durability_ms passed with events buffered
                 conn.send(("durable", run_id, w.write_segment()))
                 continue
             msg = conn.recv()
@@ -534,7 +615,7 @@ def _serve_run(conn: Connection, spec: dict, maps: dict[int, mmap.mmap],
                 finally:  # one "taken" per batch, always: the engine reuses buffers in that order
                     conn.send(("taken", run_id))
                 w.add(batch, window)
-                if w.segment_due(segment_events, idle=not conn.poll(0)):
+                if w.segment_due(segment_events, idle=not pending(0)):
                     conn.send(("durable", run_id, w.write_segment()))
             elif kind == "flush":
                 conn.send(("durable", run_id, w.write_segment()))

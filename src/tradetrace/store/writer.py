@@ -458,27 +458,24 @@ class StoreRecorder:
             self._error = self._error or RuntimeError(f"writer process exited: {exc}")
 
     def _read_acks(self, block: bool) -> None:
-        """Apply the writer's acknowledgements: taken batches, durable events, errors, done."""
-        conn = self._conn
-        assert conn is not None
-        while not self._done and conn.poll(None if block else 0):
-            try:
-                msg = conn.recv()
-            except (EOFError, ConnectionResetError, OSError) as exc:
-                assert self._service is not None
-                self._service.broken = True
-                self._writer_lost = True
-                code = self._service.proc.poll()
-                self._error = self._error or RuntimeError(f"writer process exited (code {code}): {exc!r}")
-                return
+        """Apply the writer's acknowledgements: taken batches, durable events, errors, done (`block`: wait
+        for at least one)."""
+        service = self._service
+        assert service is not None
+        try:
+            messages = service.inbox.take(block)
+        except (EOFError, ConnectionResetError, OSError) as exc:
+            service.broken = True
+            self._writer_lost = True
+            self._error = self._error or RuntimeError(f"writer process exited (code {service.proc.poll()}): {exc!r}")
+            return
+        for msg in messages:
             kind, run = msg[0], msg[1]
             if kind == "ready":  # a forked writer's first message (see service.main)
-                assert self._service is not None
-                self._service.said_ready(bool(run))
+                service.said_ready(bool(run))
                 continue
             if kind == "taken":
-                assert self._service is not None
-                self._service.taken()  # every batch's buffer comes back, whichever run it was
+                service.taken()  # every batch's buffer comes back, whichever run it was
             if run != self.run_id:  # a late answer about an earlier run of this process
                 continue
             if kind == "taken":
@@ -489,7 +486,6 @@ class StoreRecorder:
                 self._error = RuntimeError(msg[2])
             elif kind == "done":
                 self._done = True
-            block = False  # after one message, only drain what is already there
 
     def _wait_process(self) -> None:
         while self._error is None and not self._done:
