@@ -97,7 +97,7 @@ class Inbox:
     __slots__ = ("_sock", "_poll", "_buf", "_messages")
 
     def __init__(self, fd: int) -> None:
-        self._sock = socket.socket(fileno=fd)  # owns `fd` (a duplicate of the connection's)
+        self._sock = socket.socket(fileno=fd)  # owns `fd`; the sending Connection holds a duplicate of it
         self._poll = Poll(fd)
         self._buf = bytearray()
         self._messages: deque[Any] = deque()

@@ -462,6 +462,8 @@ class StoreRecorder:
         for at least one)."""
         service = self._service
         assert service is not None
+        if self._done:  # what comes after "done" is another run's (its recorder reads it)
+            return
         try:
             messages = service.inbox.take(block)
         except (EOFError, ConnectionResetError, OSError) as exc:
