@@ -100,7 +100,7 @@ class Inbox:
         self._sock = socket.socket(fileno=fd)  # owns `fd`; the sending Connection holds a duplicate of it
         self._poll = Poll(fd)
         self._buf = bytearray()
-        self._messages: deque[Any] = deque()
+        self._messages: list[Any] = []
 
     def take(self, block: bool) -> list[Any]:
         """Every message waiting, read with one recv (`block`: waits for at least one); [] if none is. Raises
@@ -120,8 +120,7 @@ class Inbox:
             self._split()
             if not block:
                 break  # a partial frame: the rest comes with a later call
-        out = list(self._messages)
-        self._messages.clear()
+        out, self._messages = self._messages, []
         return out
 
     def _split(self) -> None:
