@@ -1,0 +1,55 @@
+"""glibc malloc settings (engine/allocator.py), each case in a fresh interpreter: they are process-wide."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+glibc_only = pytest.mark.skipif(not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
+                                reason="the settings are glibc's (this C library is not glibc)")
+
+#: Page faults of the third round of making and freeing five 4 MB arrays (20 MB, like a run's result arrays).
+#: glibc's defaults give the freed top of the heap back to the kernel (it is over 2x the biggest block freed),
+#: so every round faults its pages in again; with the settings the heap keeps them for the next round.
+REUSE = """
+import resource
+import numpy as np
+from tradetrace.engine.allocator import tune_malloc
+print(tune_malloc(), tune_malloc())
+for _ in range(3):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    arrays = [np.ones(500_000) for _ in range(5)]
+    del arrays
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+def _child(code: str, **env: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
+@glibc_only
+def test_freed_megabytes_are_reused_without_page_faults() -> None:
+    applied, again, faults = _child(REUSE, TRADETRACE_MALLOC_TUNING="1")
+    assert (applied, again) == ("True", "True")
+    assert int(faults) < 100  # 20 MB is 4,883 pages: memory taken from the kernel again would fault on each
+
+
+@glibc_only
+def test_switched_off_by_the_environment() -> None:
+    applied, again, faults = _child(REUSE, TRADETRACE_MALLOC_TUNING="0")
+    assert (applied, again) == ("False", "False")
+    assert int(faults) > 1000
+
+
+@glibc_only
+def test_a_run_applies_them() -> None:
+    code = ("import tradetrace as tt\nfrom tradetrace.engine import allocator\nprint(allocator._applied)\n"
+            "tt.run_backtest({'name': 'a', 'data': {'synthetic': {'bars': 500}}, 'strategy': {'type': 'sma_crossover'},"
+            " 'store': {'enabled': False}, 'database': {'enabled': False}})\nprint(allocator._applied)\n")
+    assert _child(code, TRADETRACE_MALLOC_TUNING="1") == ["None", "True"]
