@@ -307,7 +307,7 @@ typedef struct {
     PyObject **q;           /* FIFO of owned event references */
     Py_ssize_t qlen, qcap;
     long long cur_bar, nonbar;
-    Rec *rec;               /* recording state and per-type schema and counts (NULL before init) */
+    Rec *rec;               /* recording state, per-type schema and counts (allocated by Bus_new) */
     PyTypeObject *event_cls;
     PyObject *subs;         /* list of NTYPES lists of handlers */
     int traced;
