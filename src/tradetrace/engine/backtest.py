@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from tradetrace.allocator import tune_malloc
 from tradetrace.analytics.metrics import compute_metrics
 from tradetrace.analytics.sink import record_run
 from tradetrace.config import RunConfig, as_config
 from tradetrace.engine import synthetic
-from tradetrace.engine.allocator import tune_malloc
 from tradetrace.engine.classifiers import ClassifierSet
 from tradetrace.engine.costs import BpsSlippage, Commission, make_sizer
 from tradetrace.engine.data import MarketData, load_market
@@ -152,7 +152,7 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
     receives the traced events (default: the event store when `store.enabled`, else memory).
     `record_db=False` leaves writing the analytics database to the caller (sweeps batch it).
     """
-    tune_malloc()  # once per process: see engine/allocator.py
+    tune_malloc()  # once per process: see allocator.py
     cfg = as_config(config)
     md = market if market is not None else load_data(cfg)
     run_id = correlation_id or new_run_id()  # once per run, not per event

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from tradetrace.allocator import tune_malloc
 from tradetrace.events.event import parse_event_id
 from tradetrace.events.lineage import Lineage
 from tradetrace.events.recorder import Recorder
@@ -39,6 +40,7 @@ class EventStore:
     def __init__(self, root: str | Path | None = None, *, compression: str = "zstd") -> None:
         if compression not in ("zstd", "snappy"):
             raise StoreError(f"compression {compression!r} not one of zstd, snappy")
+        tune_malloc()  # once per process: a run's load allocates hundreds of MB (see allocator.py)
         self.root = events_dir(str(root) if root is not None else None)
         self.compression = compression
 

@@ -1,4 +1,4 @@
-"""glibc malloc settings (engine/allocator.py), each case in a fresh interpreter: they are process-wide."""
+"""glibc malloc settings (allocator.py), each case in a fresh interpreter: they are process-wide."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ glibc_only = pytest.mark.skipif(not (os.confstr("CS_GNU_LIBC_VERSION") or "").st
 REUSE = """
 import resource
 import numpy as np
-from tradetrace.engine.allocator import tune_malloc
+from tradetrace.allocator import tune_malloc
 print(tune_malloc(), tune_malloc())
 for _ in range(3):
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -49,7 +49,14 @@ def test_switched_off_by_the_environment() -> None:
 
 @glibc_only
 def test_a_run_applies_them() -> None:
-    code = ("import tradetrace as tt\nfrom tradetrace.engine import allocator\nprint(allocator._applied)\n"
+    code = ("import tradetrace as tt\nfrom tradetrace import allocator\nprint(allocator._applied)\n"
             "tt.run_backtest({'name': 'a', 'data': {'synthetic': {'bars': 500}}, 'strategy': {'type': 'sma_crossover'},"
             " 'store': {'enabled': False}, 'database': {'enabled': False}})\nprint(allocator._applied)\n")
+    assert _child(code, TRADETRACE_MALLOC_TUNING="1") == ["None", "True"]
+
+
+@glibc_only
+def test_opening_an_event_store_applies_them(tmp_path) -> None:
+    code = ("from tradetrace import allocator\nfrom tradetrace.store import EventStore\nprint(allocator._applied)\n"
+            f"EventStore({str(tmp_path)!r})\nprint(allocator._applied)\n")
     assert _child(code, TRADETRACE_MALLOC_TUNING="1") == ["None", "True"]
