@@ -24,7 +24,6 @@ leaves malloc as it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 #: mallopt parameters (glibc's malloc.h).
@@ -33,7 +32,7 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 64 * 1024 * 1024
 
-_applied: bool | None = None  # None until the first run of the process
+_applied: bool | None = None  # None until the process's first call
 
 
 def tune_malloc() -> bool:
@@ -53,7 +52,8 @@ def _apply() -> bool:
         return False
     if not libc_name.startswith("glibc"):
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # the process's own symbols (glibc is loaded): ctypes.util.find_library would run ldconfig, ~10 ms
+    libc = ctypes.CDLL(None)
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     libc.mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success, 0 for a value it refuses (then that setting keeps its default)
