@@ -208,3 +208,15 @@ def test_recorded_tables_and_merged_events_give_the_same_rows(result: BacktestRe
     for r in lat:
         per_type[r["event_type"]] = per_type.get(r["event_type"], 0) + r["event_count"]
     assert per_type == result.counts
+
+
+def test_a_fresh_write_loads_the_same_rows_as_a_replacing_one(db_url: str, result: BacktestResult) -> None:
+    """`fresh=True` (a sweep's coordinator: new run ids, each written once) skips the deletes, nothing else."""
+    tables = ("optimization_runs", "trades", "event_latencies")
+    with connect(db_url) as db:
+        n = etl.write_runs(db, [etl.records_from_events(result.events(), meta())], fresh=True)
+        fresh = {t: snapshot(db, t) for t in tables}
+        etl.write_runs(db, [etl.records_from_events(result.events(), meta())])  # replaces them
+        replaced = {t: snapshot(db, t) for t in tables}
+    assert fresh == replaced
+    assert n == sum(len(rows) for rows in fresh.values())

@@ -513,10 +513,13 @@ def _f(v: Any) -> float | None:
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def write_runs(db: Database, records: Sequence[RunRecords], *, chunk: int = 500) -> int:
+def write_runs(db: Database, records: Sequence[RunRecords], *, chunk: int = 500, fresh: bool = False) -> int:
     """Load runs idempotently: each run's old rows (same correlation_id) are replaced in one transaction.
 
-    Running the same load twice leaves the same rows. Returns the number of rows loaded.
+    Running the same load twice leaves the same rows. Returns the number of rows loaded. `fresh=True` says
+    the caller knows no run among `records` has rows yet (a sweep's coordinator writing runs it gave new
+    ids, once each): the deletes are skipped. Why: the coordinator writes on the core the sweep's workers need
+    (DuckDB, 48 runs of a 40k-bar sweep in 6 writes: 242 -> 229 ms of CPU).
     """
     total = 0
     for k in range(0, len(records), chunk):
@@ -527,7 +530,7 @@ def write_runs(db: Database, records: Sequence[RunRecords], *, chunk: int = 500)
         trades = pa.concat_tables([r.trades for r in part])
         lats = pa.concat_tables([r.latencies for r in part])
         with db.transaction():
-            for table in ("trades", "event_latencies", "optimization_runs"):
+            for table in () if fresh else ("trades", "event_latencies", "optimization_runs"):
                 db.execute(f"DELETE FROM {table} WHERE correlation_id IN ({marks})", ids)
             total += db.load("optimization_runs", runs)
             total += db.load("trades", trades)

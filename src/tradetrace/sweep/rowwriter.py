@@ -88,7 +88,7 @@ class RowWriter:
             while not stopping:
                 batch, stopping, flush = self._next_batch(last)
                 if batch:
-                    etl.write_runs(db, batch)
+                    etl.write_runs(db, batch, fresh=True)  # the runner's new run ids, each sent once
                     last = time.monotonic()
                 if flush and db.dialect == "duckdb":
                     db.execute("CHECKPOINT")
