@@ -354,6 +354,7 @@ static int Bus_init(BusObject *self, PyObject *args, PyObject *kwds) {
         PyObject *e = PyTuple_GET_ITEM(schema, t);
         TypeRec *tr = &self->rec->types[t];
         tr->nf = -1;
+        tr->count = 0;
         if (e == Py_None)
             continue;
         const char *k;
