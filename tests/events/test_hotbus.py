@@ -188,3 +188,31 @@ def test_taken_logs_are_the_recording_buffers_and_stay_intact() -> None:
         assert sig["strength"] == [float(i) for i in rows]
         assert sig["reason"] == [f"r{i}" for i in rows]
         assert sig["direction"] == [i % 3 - 1 for i in rows]
+
+
+def test_run_bars_stops_after_whole_rows_on_its_event_budget() -> None:
+    """A recorder's durability window in events (engine/backtest.py): run_bars returns the row it reached once
+    `max_events` (BARs included) were published, never inside a row, and the rows left run on the next call."""
+    bus = TracedEventBus("run", recorder=None)
+    seen = []
+    bus.subscribe_bars(lambda i: (seen.append(i), bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, ""))))
+    bus.publish_start("engine", ("t", "t", "{}", "S"))
+    assert bus.run_bars(0, 100) == 100  # no budget: the whole range
+    stops = []
+    row = 100
+    while row < 1_000:
+        row = bus.run_bars(row, 1_000, 0, 50)  # 2 events a row: at least 25 rows, checked every few rows
+        stops.append(row)
+    assert seen == list(range(1_000))  # every row once, in order, whatever the stops
+    assert stops[-1] == 1_000 and len(stops) > 1
+    assert all(b - a >= 25 for a, b in zip([100, *stops[:-2]], stops[:-1], strict=True))  # the last may be short
+    with pytest.raises(ValueError, match="must be >= 0"):
+        bus.run_bars(0, 1, -1)
+
+
+def test_run_bars_stops_on_its_time_budget_when_rows_are_slow() -> None:
+    """Rows of 2 ms and a 20 ms budget: the call returns long before its 500 rows, after at least one row."""
+    bus = TracedEventBus("run", recorder=None)
+    bus.subscribe_bars(lambda i: time.sleep(0.002))
+    reached = bus.run_bars(0, 500, 20_000_000)
+    assert 1 <= reached < 500

@@ -82,13 +82,17 @@ def _until_rows(proc: subprocess.Popen, rows: int) -> tuple[str, int]:
 
 
 @pytest.mark.slow
-def test_sigterm_flushes_and_marks_failed(store: EventStore) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_flush_and_mark_failed(store: EventStore, signum: int) -> None:
+    """Small chunks (5,000 bars) so that the signal often lands during a hand-over: it is held off until the
+    batch is handed over, then ends the run (SIGINT as KeyboardInterrupt: Python then exits killed by SIGINT)."""
     proc = _spawn(store.root, 400_000, 5_000, 8_000)
     run_id, _ = _until_rows(proc, 60_000)
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    os.kill(proc.pid, signum)
+    assert proc.wait(timeout=60) == (128 + signum if signum == signal.SIGTERM else -signal.SIGINT)
     rec = store.run(run_id)
-    assert rec["status"] == "failed" and "SIGTERM" in rec["reason"]
+    name = "SIGTERM" if signum == signal.SIGTERM else "KeyboardInterrupt"
+    assert rec["status"] == "failed" and name in rec["reason"]
     assert sum(_stored_counts(store, run_id).values()) == rec["event_count"]
     assert _stored_counts(store, run_id) == rec["counts"]
     assert store.verify(run_id)[0]["ok"]
@@ -114,6 +118,35 @@ def test_sigkill_leaves_a_readable_store_and_reports_the_lost_range(store: Event
     assert report["ok"], report["problems"]
     for f in store.root.rglob("*.parquet"):  # every file in the tree is a whole Parquet file
         assert pq.read_metadata(f).num_columns > 0
+
+
+@pytest.mark.slow
+def test_a_slow_strategys_events_are_durable_within_the_window_not_the_chunk(store: EventStore) -> None:
+    """20k bars of ~2 ms each, in one 65,536-bar chunk, with a 200 ms window: events are handed over and made
+    durable while the chunk runs (before, nothing was durable until the chunk, here the run, ended), so a
+    SIGKILL mid-run finds the run incomplete with durable events and a gapless prefix."""
+    proc = subprocess.Popen([sys.executable, str(CHILD), str(store.root), "20000", "65536", "524288", "200", "2"],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(CHILD.parents[2])})
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline().split()[1]
+    try:
+        durable = -1
+        deadline = time.monotonic() + 30  # the child's whole run takes ~40 s: well past this
+        while durable < 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            if layout.manifest_path(store.root, run_id).exists():
+                durable = store.run(run_id)["durable_seq_hi"]
+        assert durable >= 0, "nothing became durable while the chunk ran"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    rec = store.run(run_id)
+    assert rec["status"] == "incomplete"
+    hi = rec["durable_seq_hi"]
+    assert hi >= durable and rec["lost_seq"][0] == hi + 1
+    assert store.load_events(run_id).column("seq").to_pylist() == list(range(hi + 1))
+    assert store.verify(run_id)[0]["ok"]
 
 
 @pytest.mark.slow

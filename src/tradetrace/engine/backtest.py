@@ -38,7 +38,7 @@ from tradetrace.engine.portfolio import Portfolio, PortfolioView
 from tradetrace.engine.result import BacktestResult
 from tradetrace.engine.risk import RiskManager
 from tradetrace.events.bus import TracedEventBus
-from tradetrace.events.event import NO_CAUSE, make_event_id, new_run_id
+from tradetrace.events.event import NO_CAUSE, check_run_id, make_event_id, new_run_id
 from tradetrace.events.recorder import MemoryRecorder, Recorder, RunInfo, RunTotals
 from tradetrace.events.types import EventType
 from tradetrace.store import recorder_for
@@ -98,10 +98,13 @@ def _run_chunks(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionS
                 cfg: RunConfig, run_id: str, progress: Progress | None) -> tuple[BaseException | None, str | None]:
     """Run every bar chunk by chunk, flushing each; on failure publish the ERROR and return it."""
     n = len(md)
+    budget_ns, max_events = _handover_limits(bus.recorder)
     try:
         for start, stop in chunk_bounds(n, cfg.tracing.chunk_bars):
-            bus.run_bars(start, stop)
-            bus.flush(stop)
+            row = start
+            while row < stop:  # once, unless the recorder's durability window ends the chunk early
+                row = bus.run_bars(row, stop, budget_ns, max_events)
+                bus.flush(row)
             gc.freeze()
             if progress is not None:
                 progress(stop, n)
@@ -120,6 +123,15 @@ def _run_chunks(bus: TracedEventBus, portfolio: Portfolio, execution: ExecutionS
         bus.settle()
         return exc, error
     return None, None
+
+
+def _handover_limits(recorder: Recorder | None) -> tuple[int, int]:
+    """(nanoseconds, events) after which recorded events are handed to the recorder within a chunk of bars;
+    (0, 0): at chunk ends only. A recorder with a durability window (the event store) says how often it needs
+    them (`handover_limits()`); without it a slow strategy's events would wait for a whole chunk (65,536 bars)
+    and a SIGKILL could lose far more than the window."""
+    limits = getattr(recorder, "handover_limits", None)
+    return limits() if limits is not None else (0, 0)
 
 
 def _bar_name(bus: TracedEventBus, run_id: str) -> str:
@@ -155,7 +167,7 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
     tune_malloc()  # once per process: see allocator.py
     cfg = as_config(config)
     md = market if market is not None else load_data(cfg)
-    run_id = correlation_id or new_run_id()  # once per run, not per event
+    run_id = check_run_id(correlation_id) if correlation_id is not None else new_run_id()  # once per run
     traced = cfg.tracing.enabled
     if traced and recorder is None:
         recorder = recorder_for(cfg) if cfg.store.enabled else MemoryRecorder()
@@ -249,7 +261,8 @@ def _result(cfg: RunConfig, md: MarketData, portfolio: Portfolio, run_id: str, s
         final_equity=float(equity[-1]) if len(equity) else cfg.portfolio.initial_cash,
         initial_cash=cfg.portfolio.initial_cash,
         equity_curve=(times, equity),
-        trade_log=portfolio.closed, open_positions=portfolio.open_positions(),
+        trade_log=portfolio.closed, open_positions=portfolio.open_positions(max(rows_done - 1, 0)),
+        realized_pnl=portfolio.realized, started_wall_ns=info.started_wall_ns or 0,
         event_count=event_count, counts=counts, elapsed_s=elapsed, bars=rows_done, error=error,
         sweep_id=sweep_id, recorder=recorder,
     )

@@ -71,8 +71,9 @@ class TracedEventBus(BusCore):
     """Publish/subscribe with gapless seq, automatic causation and monotonic clocks.
 
     Inherited from the C core (hot path): `publish(event_type, source, payload, cause=None,
-    links=None) -> Event`, `drain()`, `run_bars(start, stop)`, `current` (the non-BAR event being
-    dispatched, or None while a bar handler runs), `traced`, `bar_clock_every`.
+    links=None) -> Event`, `drain()`, `run_bars(start, stop, budget_ns=0, max_events=0) -> row reached`,
+    `current` (the non-BAR event being dispatched, or None while a bar handler runs), `traced`,
+    `bar_clock_every`.
     """
 
     def __init__(self, correlation_id: str, *, traced: bool = True, recorder: Recorder | None = None,

@@ -67,7 +67,10 @@ class BarBlock:
 
 
 class Recorder(Protocol):
-    """Where a run's traced events go. Implemented by MemoryRecorder and the Parquet EventStore."""
+    """Where a run's traced events go. Implemented by MemoryRecorder and the Parquet EventStore.
+
+    Optional: `handover_limits() -> (nanoseconds, events)`, how often the engine must hand over what it
+    recorded within a chunk of bars (a recorder with a durability window; see engine/backtest.py)."""
 
     def begin(self, info: RunInfo, market: MarketData) -> None: ...
 

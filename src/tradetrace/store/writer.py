@@ -1,9 +1,12 @@
 """StoreRecorder: the bus's batches -> durable Parquet segments, off the engine's thread, never dropping.
 
-Flow: `append` hands a batch to the writer and returns; the writer converts batches to typed Arrow
-tables, buffers them, and writes a *segment* (one file per event type, each written to a temporary
-name, fsynced, renamed, directory fsynced) once half the durability window (`durability_events / 2`,
-so that writing runs ahead of the window) or `durability_ms` milliseconds of events are pending; the
+Flow: the engine hands over what it recorded at the end of each chunk of bars, or sooner once half the
+durability window has passed since the last hand-over (`handover_limits`: half of `durability_ms`, or
+`durability_events / 2` events). `append` hands a batch to the writer and returns; the writer converts
+batches to typed Arrow tables, buffers them, and writes a *segment* (one file per event type, each
+written to a temporary name, fsynced, renamed, directory fsynced) once half the durability window
+(`durability_events / 2`, so that writing runs ahead of the window) or half of `durability_ms` of
+events are pending: an event waits at most half the window in the engine and half in the writer. The
 segment counts only when its line in the run's journal is fsynced. A writer with nothing waiting
 writes smaller segments (half of that) so that little is left when the run ends.
 Backpressure: `append` blocks while `queue_batches` batches are in flight or while the events not
@@ -246,7 +249,10 @@ class StoreRecorder:
         self.root = Path(root)
         self.compression = compression
         self.durability_events = durability_events
-        self.durability_s = durability_ms / 1000
+        self.durability_ms = durability_ms
+        # Half the window on each side (see `handover_limits`): events wait at most half of it in the engine
+        # and half in the writer, so none is older than the window when it becomes durable.
+        self.durability_s = durability_ms / 2000
         self.queue_batches = queue_batches
         self.sampling = sampling
         self.compact_on_end = compact_on_end
@@ -265,7 +271,7 @@ class StoreRecorder:
         self._error: BaseException | None = None
         self._raised = False  # the error reaches the engine once; the run is failed from then on
         self._writer_lost = False  # the writer process died without marking the run (killed, out of memory)
-        self._prev_handler: Any = None
+        self._prev_handler: dict[int, Any] | None = None
         self._pending_signal: int | None = None
         self._ended = False
         self._waited = False
@@ -325,6 +331,12 @@ class StoreRecorder:
         _OPEN.add(self)
         self._install_signals()
 
+    def handover_limits(self) -> tuple[int, int]:
+        """(nanoseconds, events): the engine hands over what it recorded at least this often, not only at the
+        end of a chunk of bars. Half the durability window each (the writer writes within the other half), so a
+        slow strategy's events are durable within the window, and a SIGKILL loses at most the window."""
+        return self.durability_ms * 500_000, _segment_events(self.durability_events)
+
     def append(self, batch: EventBatch) -> None:
         """Hand a batch to the writer; blocks (never drops) while too much is in flight or not durable."""
         n = len(batch)
@@ -336,9 +348,7 @@ class StoreRecorder:
         for k, v in batch.counts().items():
             self._received_counts[k] = self._received_counts.get(k, 0) + v
         self._raise_error()
-        if self._pending_signal is not None:
-            signum, self._pending_signal = self._pending_signal, None
-            raise Terminated(signum)
+        self._raise_pending_signal()
 
     def end(self, totals: RunTotals, wait: bool = True) -> None:
         """Flush everything and mark the run completed/failed with its reason; with `wait`, until durable.
@@ -377,9 +387,7 @@ class StoreRecorder:
             from tradetrace.store.maintenance import compact_run
 
             compact_run(self.root, self.run_id)
-        if self._pending_signal is not None:
-            signum, self._pending_signal = self._pending_signal, None
-            raise Terminated(signum)
+        self._raise_pending_signal()
 
     # -- reading back (BacktestResult) -------------------------------------------------------------
     def tables(self) -> dict[EventType, pa.Table]:
@@ -561,25 +569,38 @@ class StoreRecorder:
 
     # -- signals and exit ------------------------------------------------------------------------
     def _install_signals(self) -> None:
+        """SIGTERM, and SIGINT while it has Python's default handler (Ctrl-C), are held off during a hand-over.
+        Why SIGINT too: a KeyboardInterrupt between writing a batch's buffer and sending it left the writer's
+        accounting one batch short, and the run's end then waited for an acknowledgement that never came."""
         if threading.current_thread() is not threading.main_thread():
             return
-        self._prev_handler = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        self._prev_handler = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._prev_handler[signal.SIGINT] = signal.default_int_handler
+        for signum in self._prev_handler:
+            signal.signal(signum, self._on_signal)
 
     def _restore_signals(self) -> None:
         if self._prev_handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._prev_handler)
+            for signum, handler in self._prev_handler.items():
+                signal.signal(signum, handler)
             self._prev_handler = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        """SIGTERM -> Terminated in the main thread, except while a batch is being handed over."""
+        """SIGTERM -> Terminated, SIGINT -> KeyboardInterrupt in the main thread, except while a batch is being
+        handed over: then right after it (`_raise_pending_signal`), so nothing is lost."""
         f = frame
         while f is not None:
             if f.f_code in _DEFER_CODES:
-                self._pending_signal = signum  # raised right after the hand-over, nothing is lost
+                self._pending_signal = signum
                 return
             f = f.f_back
-        raise Terminated(signum)
+        _raise_for(signum)
+
+    def _raise_pending_signal(self) -> None:
+        if self._pending_signal is not None:
+            signum, self._pending_signal = self._pending_signal, None
+            _raise_for(signum)
 
     def close_at_exit(self) -> None:
         """Interpreter exit with the run still open: flush what was handed over, mark it failed."""
@@ -588,8 +609,17 @@ class StoreRecorder:
         if self._ended:  # ended without waiting: let the last segment land
             self.wait()
             return
-        self.end(RunTotals("failed", "interpreter exited before the run ended", self._received,
-                           dict(self._received_counts)))
+        # What the engine published after its last hand-over never reached the recorder: the reason says where
+        # the stored run stops (at most the durability window, see `handover_limits`).
+        self.end(RunTotals("failed", f"interpreter exited before the run ended; events from seq {self._received} "
+                                     "on (the last durability window at most) were never handed to the store",
+                           self._received, dict(self._received_counts)))
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
 
 
 def mark_failed(w: SegmentWriter, exc: BaseException) -> None:
