@@ -229,3 +229,19 @@ def test_accounting_identities_on_a_multi_symbol_run() -> None:
     open_fees = res.metrics["total_commission"] - sum(t["commission"] for t in res.closed_trades)
     assert res.final_equity - 100_000 == pytest.approx(sum(pnls) + unrealized - open_fees, abs=1e-6)
     assert len(pnls) > 20 and res.counts["RISK_BREACH"] > 0
+    # ... which the result and the events say themselves: per open position, in total, and after every fill.
+    assert res.open_positions
+    for p in res.open_positions:
+        sign = 1 if p["side"] == "long" else -1
+        assert p["mark_price"] == last_close[p["symbol"]]
+        gross = sign * p["quantity"] * (p["mark_price"] - p["entry_price"])
+        assert gross - open_fees - 1e-6 <= p["unrealized_pnl"] <= gross  # net of its own entry commission
+    assert sum(p["unrealized_pnl"] for p in res.open_positions) == pytest.approx(unrealized - open_fees, abs=1e-6)
+    assert res.realized_pnl == pytest.approx(sum(pnls), rel=1e-9)
+    assert res.unrealized_pnl == pytest.approx(unrealized - open_fees, abs=1e-6)
+    for eq, real, unreal in zip(upd["equity"], upd["realized_pnl"], upd["unrealized_pnl"], strict=True):
+        assert eq - 100_000 == pytest.approx(real + unreal, abs=1e-6)
+    out = res.to_dict()
+    assert out["unrealized_pnl"] == pytest.approx(res.unrealized_pnl)
+    assert [p["symbol"] for p in out["open_positions"]] == [p["symbol"] for p in res.open_positions]
+    assert all(p["entry_event_id"].startswith(res.run_id + ":") for p in out["open_positions"])

@@ -135,6 +135,16 @@ def test_trace_accepts_seq_and_rejects_foreign_ids(synth_run) -> None:
         synth_run.trace("garbage")
 
 
+def test_partition_key_names_the_store_partition_of_the_run(synth_run) -> None:
+    """The store partitions a run's events by its wall-clock start date (UTC) and type, not by market time."""
+    from tradetrace.store.layout import start_date
+
+    chain = synth_run.trace(synth_run.trades.iloc[0].exit_fill_id).chain
+    day = start_date(synth_run.started_wall_ns)
+    assert [e.partition_key for e in chain] == [f"date={day}/event_type={e.event_type}" for e in chain]
+    assert chain[-1].timestamp.date().isoformat() != day  # market time (synthetic, years ago) is another date
+
+
 @pytest.mark.slow
 def test_real_multi_symbol_run_lineage(shared_data: Path) -> None:
     res = _run({"symbols": {"SPY": str(shared_data / "daily/SPY_1d_1998-2021_lean.csv"),

@@ -85,6 +85,7 @@ class Portfolio:
         self.risk = risk
         self.regimes = regimes  # ClassifierSet or None: labels recorded on trades
         n = len(market.symbols)
+        self.initial_cash = cfg.initial_cash
         self.cash = cfg.initial_cash
         self.pos = [0.0] * n
         self.in_flight = [0.0] * n
@@ -204,8 +205,9 @@ class Portfolio:
         self.pos[s] = cur + signed
         if abs(self.pos[s]) < 1e-12:
             self.pos[s] = 0.0
-        self.bus.publish(_UPDATE, self.container,
-                         (self.cash, self.equity_at(row), self.gross_at(row), self.realized))
+        equity = self.equity_at(row)
+        self.bus.publish(_UPDATE, self.container, (self.cash, equity, self.gross_at(row), self.realized,
+                                                   equity - self.initial_cash - self.realized))
 
     def _close_trade(self, tr: OpenTrade, s: int, qty: float, price: float, exit_fee: float, row: int,
                      fill: Event, order: OrderInfo) -> None:
@@ -293,8 +295,16 @@ class Portfolio:
         np.abs(pos, out=pos)  # gross exposure
         return md.ts, cash, pos
 
-    def open_positions(self) -> list[dict]:
-        return [{"symbol": t.symbol, "side": "long" if t.side > 0 else "short", "quantity": t.quantity,
-                 "entry_price": t.entry_price, "entry_time": int(self.market.ts[t.entry_row]),
-                 "entry_signal_seq": t.entry_signal_seq, "entry_fill_seq": t.entry_fill_seq}
-                for t in self.open_trades.values()]
+    def open_positions(self, row: int) -> list[dict]:
+        """Positions still open after `row` (the last bar run), marked at their last close: `unrealized_pnl` is net
+        of the entry commission, as a closed trade's pnl is net of both legs' (their sum is equity - cash at
+        start - realized)."""
+        out = []
+        for s, t in self.open_trades.items():
+            mark = self.last_price(s, row)
+            out.append({"symbol": t.symbol, "side": "long" if t.side > 0 else "short", "quantity": t.quantity,
+                        "entry_price": t.entry_price, "entry_time": int(self.market.ts[t.entry_row]),
+                        "mark_price": mark,
+                        "unrealized_pnl": (mark - t.entry_price) * t.quantity * t.side - t.entry_commission,
+                        "entry_signal_seq": t.entry_signal_seq, "entry_fill_seq": t.entry_fill_seq})
+        return out

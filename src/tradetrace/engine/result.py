@@ -16,6 +16,7 @@ from tradetrace.engine.trades import OPTIONAL_INT_FIELDS, TradeLog
 from tradetrace.events.event import make_event_id, parse_event_id
 from tradetrace.events.lineage import Lineage, to_traced, walk_back
 from tradetrace.events.types import EventType, event_schema
+from tradetrace.store.layout import start_date
 from tradetrace.store.reader import concat_by_seq
 
 _TRADE_ID_COLS = ("entry_signal", "entry_order", "entry_fill", "exit_signal", "exit_order", "exit_fill", "close")
@@ -47,6 +48,8 @@ class BacktestResult:
     elapsed_s: float
     bars: int
     error: str | None = None
+    realized_pnl: float = 0.0  # closed trades' P&L, net of commission
+    started_wall_ns: int = 0  # the run's wall-clock start: its events' partition date in the store
     sweep_id: str | None = None
     recorder: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +93,12 @@ class BacktestResult:
                 df[f"{side}_{name}"] = [r.get(name) for r in regimes]
         return df
 
+    @property
+    def unrealized_pnl(self) -> float:
+        """P&L of the positions still open at the end, marked at the last close and net of their entry
+        commission: final_equity = initial_cash + realized_pnl + unrealized_pnl."""
+        return self.final_equity - self.initial_cash - self.realized_pnl
+
     def trades_json(self) -> list[dict]:
         out = []
         for t in self.trade_log.to_dicts():
@@ -112,8 +121,15 @@ class BacktestResult:
             "run_id": self.run_id, "name": self.name, "status": self.status, "error": self.error,
             "strategy": self.strategy, "params": self.params,
             "metrics": {k: _clean(v) for k, v in self.metrics.items()},
-            "final_equity": _clean(self.final_equity), "event_count": self.event_count, "bars": self.bars,
+            "final_equity": _clean(self.final_equity), "realized_pnl": _clean(self.realized_pnl),
+            "unrealized_pnl": _clean(self.unrealized_pnl), "event_count": self.event_count, "bars": self.bars,
             "trades": self.trades_json(),
+            "open_positions": [{
+                "symbol": p["symbol"], "side": p["side"], "quantity": p["quantity"],
+                "entry_time": pd.Timestamp(p["entry_time"], tz="UTC").isoformat(), "entry_price": p["entry_price"],
+                "mark_price": _clean(p["mark_price"]), "unrealized_pnl": _clean(p["unrealized_pnl"]),
+                "entry_event_id": self._eid(p["entry_fill_seq"]), "entry_signal_id": self._eid(p["entry_signal_seq"]),
+            } for p in self.open_positions],
         }
 
     def to_json(self) -> str:
@@ -161,8 +177,11 @@ class BacktestResult:
         row = self._row(self._seq(event_id))
         if row is None:
             raise KeyError(f"no event {event_id} in run {self.run_id}")
-        return to_traced(row)
+        return to_traced(row, self._run_date())
 
     def trace(self, event_id: str | int) -> Lineage:
         """The chain from an event (a FILL, a POSITION_CLOSE, ...) back to its SIGNAL and BAR."""
-        return walk_back(self._row, self._seq(event_id))
+        return walk_back(self._row, self._seq(event_id), run_date=self._run_date())
+
+    def _run_date(self) -> str | None:
+        return start_date(self.started_wall_ns) if self.started_wall_ns else None

@@ -21,8 +21,9 @@ _COMMON = {name for name, _ in COMMON_FIELDS}
 EventSource = Callable[[int], pa.Table | None]
 
 
-def to_traced(row: pa.Table) -> TracedEvent:
-    """A one-row event table as a TracedEvent."""
+def to_traced(row: pa.Table, run_date: str | None = None) -> TracedEvent:
+    """A one-row event table as a TracedEvent. `run_date`: the run's partition date in the event store (its
+    wall-clock start date, UTC: store/layout.py `start_date`); without it, the date the event was created."""
     d = {k: v[0] for k, v in row.to_pydict().items()}
     run = d["correlation_id"]
     ts: datetime = d["timestamp"]
@@ -41,9 +42,13 @@ def to_traced(row: pa.Table) -> TracedEvent:
         data={k: v for k, v in d.items() if k not in _COMMON},
         version=d["version"],
         sequence_number=d["seq"],
-        partition_key=f"date={ts.date().isoformat()}/event_type={d['event_type']}",
+        partition_key=f"date={run_date or _date_of(d['created_at'])}/event_type={d['event_type']}",
         links=[make_event_id(run, x) for x in (d["links"] or [])],
     )
+
+
+def _date_of(t: datetime | None) -> str:
+    return t.date().isoformat() if t is not None else "unknown"
 
 
 def _us(a: datetime | None, b: datetime | None) -> float | None:
@@ -96,8 +101,9 @@ class Lineage:
         return "\n".join(lines)
 
 
-def walk_back(source: EventSource, seq: int, stop_at: str = "BAR") -> Lineage:
-    """Follow causation_seq from `seq` until an event of type `stop_at` or one without a cause."""
+def walk_back(source: EventSource, seq: int, stop_at: str = "BAR", run_date: str | None = None) -> Lineage:
+    """Follow causation_seq from `seq` until an event of type `stop_at` or one without a cause (`run_date`: see
+    `to_traced`)."""
     chain: list[TracedEvent] = []
     seen = set()
     cur: int | None = seq
@@ -110,7 +116,7 @@ def walk_back(source: EventSource, seq: int, stop_at: str = "BAR") -> Lineage:
             if not chain:
                 raise KeyError(f"no event with seq {seq}")
             raise KeyError(f"broken lineage: seq {cur} (cause of {chain[-1].event_id}) is missing")
-        ev = to_traced(row)
+        ev = to_traced(row, run_date)
         chain.append(ev)
         if ev.event_type == stop_at and len(chain) > 1:
             break

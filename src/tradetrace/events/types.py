@@ -96,6 +96,9 @@ PAYLOAD_FIELDS: dict[EventType, tuple[tuple[str, pa.DataType], ...]] = {
         ("equity", pa.float64()),
         ("gross_exposure", pa.float64()),
         ("realized_pnl", pa.float64()),
+        # equity - initial cash - realized: open positions marked at the last close, net of their entry
+        # commission (so realized + unrealized always adds up to the run's P&L)
+        ("unrealized_pnl", pa.float64()),
     ),
     EventType.CLASSIFICATION: (
         ("classifier", pa.string()),
