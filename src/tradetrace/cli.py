@@ -8,16 +8,21 @@ Commands live next to the code they drive and register themselves here:
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
+    from tradetrace.config import RunConfig
     from tradetrace.engine.result import BacktestResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Event-driven backtests you can explain.")
@@ -30,11 +35,22 @@ PROGRESS_MIN_BARS = 200_000  # show a progress bar on runs at least this long
 @app.callback()
 def _root() -> None:
     """Event-driven backtests you can explain."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Warnings as one line each (`warning: <file>: row N ...`): Python's default format adds the warning's
+    source file and line, which says nothing to someone running a config. Library users keep the
+    warnings (DataWarning...) and Python's format."""
+    kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+    console.print(Text.assemble(("warning:", "bold yellow"), f" {kind}{message}"), highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line error and return the Exit to raise. The message is printed as text, never as rich
+    markup: it echoes user values (keys, names, file paths) that may contain `[...]`."""
+    console.print(Text.assemble(("error:", "bold red"), f" {message}"), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -45,7 +61,7 @@ def _fmt(v: object) -> str:
 
 
 def metrics_table(result: BacktestResult) -> Table:
-    t = Table(title=result.name, show_header=True, header_style="bold")
+    t = Table(title=Text(result.name), show_header=True, header_style="bold")  # a user value: no markup
     t.add_column("metric")
     t.add_column("value", justify="right")
     keys = ["total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "win_rate", "profit_factor",
@@ -68,47 +84,82 @@ def run(
     """Run one traced backtest."""
     # The engine (and pandas, which it needs) is imported by the command that runs it, not by every command:
     # `tradetrace runs`, `sql`, `events`... start ~0.3 s sooner.
+    from tradetrace.analytics.db import DatabaseError
     from tradetrace.config import ConfigError, load_config
     from tradetrace.engine.backtest import RunFailed, load_data, run_backtest
     from tradetrace.engine.data import DataError
+    from tradetrace.events.event import new_run_id
 
     try:
         cfg = load_config(config)
         if no_store:
             cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"enabled": False})})
-        md = load_data(cfg)
-    except (ConfigError, DataError) as exc:
+    except ConfigError as exc:
         raise fail(str(exc)) from None
+    if trace_one and not cfg.tracing.enabled:  # a usage error: found before running, not after
+        raise fail(f"{config}: --trace needs the run's events, and 'tracing.enabled' is false")
+    try:
+        md = load_data(cfg)
+    except DataError as exc:
+        raise fail(f"{config}: {exc}") from None
     show = not as_json and len(md) >= PROGRESS_MIN_BARS and sys.stderr.isatty()
+    run_id = new_run_id()  # chosen here: printed even when the run happened but its database row failed
     try:
         if show:
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/"
                           "{task.total:,} bars"), TimeElapsedColumn(), TimeRemainingColumn(), console=console) as p:
-                task = p.add_task(cfg.name, total=len(md))
-                result = run_backtest(cfg, market=md, progress=lambda done, total: p.update(task, completed=done))
+                task = p.add_task(escape(cfg.name), total=len(md))  # formatted as markup
+                result = run_backtest(cfg, market=md, correlation_id=run_id,
+                                      progress=lambda done, total: p.update(task, completed=done))
         else:
-            result = run_backtest(cfg, market=md)
+            result = run_backtest(cfg, market=md, correlation_id=run_id)
     except RunFailed as exc:
         if as_json:
-            out.print_json(json.dumps(exc.result.to_dict(), default=str))
+            print(json.dumps(_json(exc.result, cfg.tracing.enabled), default=str))
         raise fail(str(exc), 1) from None
+    except DatabaseError as exc:  # the database is written last: the run and its events are done
+        raise fail(_not_recorded(config, cfg, run_id, str(exc))) from None
     except (ConfigError, DataError, ValueError) as exc:
         raise fail(f"{config}: {exc}") from None
     if as_json:
-        print(result.to_json())
+        print(json.dumps(_json(result, cfg.tracing.enabled), default=str))
         return
     out.print(f"run id: {result.run_id}  ({result.status}, {result.event_count:,} events)", highlight=False)
     out.print(metrics_table(result))
     if trace_one and result.closed_trades:
         t = result.trades.iloc[0]
-        out.print(f"\n[bold]Why did trade {t.trade_id} ({t.side} {t.symbol}) close?[/] "
-                  f"Lineage of its exit fill {t.exit_fill_id}:", highlight=False)
+        out.print(Text.assemble((f"\nWhy did trade {t.trade_id} ({t.side} {t.symbol}) close?", "bold"),
+                                f" Lineage of its exit fill {t.exit_fill_id}:"), highlight=False)
         out.print(str(result.trace(t.exit_fill_id)), markup=False, highlight=False)
     if cfg.tracing.enabled and cfg.store.enabled:
         run = result.run_id
         out.print(f"\nevents stored; explore them:\n  tradetrace events {run} --type FILL --limit 5\n"
                   f"  tradetrace trace {run}:<seq>\n  tradetrace latency {run}\n  tradetrace runs --top 10 --by sharpe",
                   markup=False, highlight=False)
+
+
+def _json(result: BacktestResult, traced: bool) -> dict[str, Any]:
+    """The run as JSON; event ids are null when tracing was off (no events were recorded for them)."""
+    d = result.to_dict()
+    if not traced:
+        for t in (*d["trades"], *d.get("open_positions", ())):
+            t.update({k: None for k in t if k.endswith("_id")})
+    return d
+
+
+def _not_recorded(config: Path, cfg: RunConfig, run_id: str, why: str) -> str:
+    """One line for a run that happened but whose database row could not be written: its id, and how to
+    load it later from its stored events (or why it cannot be)."""
+    from tradetrace.analytics.db import redact
+
+    run = f"run {run_id} happened but is not in the database"
+    if not (cfg.tracing.enabled and cfg.store.enabled):
+        return f"{config}: {why}; {run}, and its events were not stored (tracing or store off): it cannot be loaded"
+    cmd = ["tradetrace", "etl", "--run", run_id]
+    cmd += ["--store", cfg.store.path] if cfg.store.path else []
+    cmd += ["--db", redact(cfg.database.url)] if cfg.database.url else []
+    return f"{config}: {why}; {run}; its events are stored: once the database is reachable, load it with " \
+           f"`{shlex.join(cmd)}`"
 
 
 def _register_commands() -> None:

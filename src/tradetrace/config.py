@@ -16,17 +16,21 @@ risk: {stop_loss_pct: null, take_profit_pct: null}
 tracing: {enabled: true}
 ```
 
-Validation is strict (unknown keys, wrong types, unknown strategies are errors) and every error is
-one line naming the key and the value: `ConfigError`.
+Validation is strict (unknown keys, wrong types, unknown strategies are errors; a quoted number is
+not a number, a number is not a flag; no infinities or NaN) and every error is one line naming the key
+and the value: `ConfigError`. Values are also checked against each other (bands in order, unique names,
+keys that do not apply to the chosen type).
 """
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tradetrace import strategies
 
@@ -36,7 +40,23 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML `quantity: '100'` is a string, not silently a number (nor 1 a flag);
+    # no inf/NaN: `initial_cash: .inf` would run with meaningless results.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _key_error(key: str, value: Any, msg: str, unknown: bool = False) -> PydanticCustomError:
+    """An error about one key, raised by a validator of the model that holds it: `_one_line` names it as
+    `<the model's key>.<key>` with its value (a model validator's own errors only name the model)."""
+    return PydanticCustomError("tradetrace_key", "{msg}", {"msg": msg, "key": key, "value": value,
+                                                            "unknown": unknown})
+
+
+def _unique(values: list[str], what: str) -> list[str]:
+    dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if dup is not None:
+        raise ValueError(f"{what} must be unique: {dup!r} is given twice")
+    return values
 
 
 class SyntheticData(_Strict):
@@ -44,7 +64,27 @@ class SyntheticData(_Strict):
     seed: int = 7
     freq: Literal["1min", "5min", "15min", "30min", "1h", "1d"] = "1min"
     symbols: list[str] = Field(default_factory=lambda: ["SYN"], min_length=1)
-    start: str = "2020-01-02"
+    start: str = Field("2020-01-02", description="first day (YYYY-MM-DD; a YAML date works unquoted)")
+
+    @field_validator("symbols")
+    @classmethod
+    def _unique_symbols(cls, v: list[str]) -> list[str]:
+        return _unique(v, "symbols")
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _day(cls, v: Any) -> Any:
+        """A day: YAML reads `start: 2021-03-01` as a date, quoted as a string; both become 'YYYY-MM-DD'."""
+        if isinstance(v, datetime):
+            raise ValueError("expected a day (YYYY-MM-DD), not a date and time")
+        if isinstance(v, date):
+            return v.isoformat()
+        if isinstance(v, str):
+            try:
+                return date.fromisoformat(v).isoformat()
+            except ValueError:
+                raise ValueError("expected a day as YYYY-MM-DD") from None
+        return v
 
 
 class DataConfig(_Strict):
@@ -73,10 +113,28 @@ class PortfolioConfig(_Strict):
 
 
 class SizingConfig(_Strict):
+    # quantity/percent are None unless they apply to `type` (then their default is filled in), so a key of
+    # the other type is an error rather than silently ignored, and a dumped config validates again.
     type: Literal["fixed", "percent_equity"] = "fixed"
-    quantity: float = Field(100.0, gt=0, description="shares per position (fixed)")
-    percent: float = Field(10.0, gt=0, le=1000, description="percent of equity per position")
+    quantity: float | None = Field(None, gt=0, description="shares per position (fixed; default 100)")
+    percent: float | None = Field(None, gt=0, le=1000, description="percent of equity per position "
+                                  "(percent_equity; default 10)")
     fractional: bool = Field(False, description="allow fractional quantities")
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> SizingConfig:
+        """A key of the other type would be silently ignored; a fractional fixed quantity silently traded."""
+        foreign, own, default = ("percent", "quantity", 100.0) if self.type == "fixed" else \
+            ("quantity", "percent", 10.0)
+        if getattr(self, foreign) is not None:
+            raise _key_error(foreign, getattr(self, foreign), f"does not apply to sizing type {self.type!r} "
+                             f"(it uses {own})", unknown=True)
+        if getattr(self, own) is None:
+            setattr(self, own, default)
+        if self.type == "fixed" and not self.fractional and not float(self.quantity).is_integer():
+            raise _key_error("quantity", self.quantity, "not a whole number of shares (set sizing.fractional: "
+                             "true to trade fractions)")
+        return self
 
 
 class CommissionConfig(_Strict):
@@ -107,8 +165,21 @@ class ClassifierConfig(_Strict):
     threshold: float = Field(1.0, gt=0, description="trend: normalized distance from the MA")
     series: str = Field("VIX", description="vix: auxiliary series name")
     bands: tuple[float, float] = Field((15.0, 25.0), description="vix: level bands")
-    hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to leave a band")
+    hysteresis: float = Field(0.05, ge=0, lt=1, description="margin, as a fraction of each band edge's "
+                              "magnitude, a reading must clear to enter or leave a band")
     min_dwell: int = Field(3, ge=1, description="bars a new reading must hold to become a regime")
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _as_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML and JSON (a sweep's configs) give lists
+
+    @field_validator("bands")
+    @classmethod
+    def _increasing(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError("must be increasing (low band, high band)")
+        return v
 
 
 class TracingConfig(_Strict):
@@ -141,6 +212,15 @@ class StoreConfig(_Strict):
         "already use the cores); auto picks")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
+    @field_validator("path")
+    @classmethod
+    def _folder(cls, v: str | None) -> str | None:
+        """Caught here, not as a NotADirectoryError from deep in the writer."""
+        problem = None if v is None else folder_problem(Path(v))
+        if problem:
+            raise ValueError(problem)
+        return v
+
 
 class DatabaseConfig(_Strict):
     """The analytics database (issue 4). Defaults: `$TRADETRACE_DB` or ./tradetrace-data/analytics.duckdb."""
@@ -169,6 +249,20 @@ class RunConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     base_dir: str | None = Field(None, description="fallback folder for relative data paths (the YAML's folder)")
 
+    @model_validator(mode="after")
+    def _classifiers_fit(self) -> RunConfig:
+        """Names unique (events and tables key on them) and VIX series loaded: before any run starts."""
+        names = [c.name or c.type for c in self.classifiers]
+        series = set(self.data.aux) | ({"VIX"} if self.data.synthetic is not None else set())
+        for k, c in enumerate(self.classifiers):
+            if names[k] in names[:k]:
+                raise _key_error(f"classifiers.{k}.name", names[k], f"classifier names must be unique "
+                                 f"(classifiers.{names.index(names[k])} is also {names[k]!r}); set name: on each")
+            if c.type == "vix" and c.series not in series:
+                raise _key_error(f"classifiers.{k}.series", c.series, "auxiliary series not loaded "
+                                 f"(loaded: {', '.join(sorted(series)) or 'none, see data.aux'})")
+        return self
+
     def resolve(self, path: str) -> Path:
         """A data path: as given when it exists from the working directory, else from the YAML's folder."""
         p = Path(path)
@@ -182,6 +276,14 @@ class RunConfig(_Strict):
         return strategies.get(self.strategy.type)
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (or become) a folder: it, or the first of its parents that exists, is a file."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    return None
+
+
 def _loc(loc: tuple) -> str:
     return ".".join(str(x) for x in loc) or "(root)"
 
@@ -190,6 +292,15 @@ def _one_line(err: ValidationError, source: str, data: dict[str, Any]) -> str:
     e = err.errors()[0]
     loc = _loc(e["loc"])
     value = e.get("input")
+    if e["type"] == "tradetrace_key":
+        ctx = e["ctx"]
+        key = f"{loc}.{ctx['key']}" if e["loc"] else ctx["key"]
+        if ctx["unknown"]:
+            return f"{source}: unknown key '{key}' (value {ctx['value']!r}): {ctx['msg']}"
+        return f"{source}: '{key}' value {ctx['value']!r}: {ctx['msg']}"
+    if e["type"] == "extra_forbidden" and e["loc"] in (("grid",), ("sweep",)):
+        return (f"{source}: unknown key '{loc}': a file with a {loc} is a sweep; run it with "
+                f"`tradetrace optimize {source}`")
     if e["type"] == "extra_forbidden":
         return f"{source}: unknown key '{loc}' (value {value!r})"
     if e["type"] == "missing":
@@ -230,8 +341,15 @@ def read_yaml(path: str | Path, error: type[ValueError] = ConfigError, what: str
     path = Path(path)
     if not path.exists():
         raise error(f"{path}: {what} file not found")
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a {what} file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a UTF-8 text {what} file (byte {exc.object[exc.start]:#04x} at offset "
+                    f"{exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} file: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

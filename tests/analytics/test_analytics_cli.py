@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -105,3 +106,183 @@ def test_runs_falls_back_to_the_event_store_when_the_database_is_empty() -> None
     res = runner.invoke(app, ["runs", "--json"])
     assert res.exit_code == 0, res.output
     assert [r["run_id"] for r in lines(res.output)] == [rid]
+
+
+def _cleanup(path: Path) -> None:
+    if path.exists():
+        path.unlink()  # written by the PostgreSQL server (its user): removable by the test's user only as root
+
+
+@pytest.mark.parametrize("kind", ["copy_to_program", "copy_to_file", "two_statements", "do_block", "writable_cte",
+                                  "select_into"])
+def test_read_only_sql_writes_nothing_anywhere(db_url: str, kind: str) -> None:
+    """A READ ONLY transaction (PostgreSQL) and a read-only file (DuckDB) let COPY TO write files: read-only mode
+    runs one query, on both backends."""
+    seed_runs(db_url)
+    target = Path(f"/tmp/tt_ro_{uuid.uuid4().hex}")
+    statement = {
+        "copy_to_program": f"COPY (SELECT 1) TO PROGRAM 'touch {target}'",
+        "copy_to_file": f"COPY (SELECT 1) TO '{target}'",
+        "two_statements": "SELECT 1; DELETE FROM optimization_runs",
+        "do_block": "DO $$ BEGIN DELETE FROM optimization_runs; END $$",
+        "writable_cte": "WITH x AS (DELETE FROM optimization_runs RETURNING 1) SELECT count(*) FROM x",
+        "select_into": "SELECT * INTO stolen FROM optimization_runs",
+    }[kind]
+    try:
+        res = runner.invoke(app, ["sql", statement, "--db", db_url])
+        assert res.exit_code == 2 and res.output.count("error:") == 1, res.output
+        assert "read-only mode runs one query" in res.output and "use --write" in res.output
+        assert not target.exists()
+    finally:
+        _cleanup(target)
+    with connect(db_url) as db:
+        assert db.scalar("SELECT count(*) FROM optimization_runs") == 40
+        assert db.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'stolen'") == 0
+    res = runner.invoke(app, ["sql", "SELECT count(*) AS n, 'delete; drop' AS s FROM optimization_runs", "--db",
+                              db_url, "--json"])
+    assert res.exit_code == 0 and lines(res.output) == [{"n": 40, "s": "delete; drop"}], res.output
+
+
+def test_read_only_postgres_queries_run_as_a_role_that_cannot_act_on_the_server(postgres_ready: None) -> None:
+    """Beyond the text check: a function call inside an allowed query runs without the login's superuser
+    rights (here: terminating another session)."""
+    import psycopg
+
+    from tradetrace.analytics.testing import pg_url, temp_schema
+
+    with temp_schema() as url, psycopg.connect(pg_url(), autocommit=True) as victim:
+        seed_runs(url, n=2)
+        res = runner.invoke(app, ["sql", "SELECT current_user AS u", "--db", url, "--json"])
+        assert res.exit_code == 0 and lines(res.output) == [{"u": "pg_read_all_data"}], res.output
+        res = runner.invoke(app, ["sql", "SELECT pg_terminate_backend(?)", "-p", str(victim.info.backend_pid),
+                                  "--db", url])
+        assert res.exit_code == 2 and "must be a superuser to terminate" in res.output, res.output
+        assert victim.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_question_marks_in_literals_are_not_placeholders(db_url: str) -> None:
+    seed_runs(db_url, n=2)
+    res = runner.invoke(app, ["sql", "SELECT 'why?' AS q, 1 AS \"odd?\", ? AS v /* ? */ -- ?", "-p", "x",
+                              "--db", db_url, "--json"])
+    assert res.exit_code == 0 and lines(res.output) == [{"q": "why?", "odd?": 1, "v": "x"}], res.output
+
+
+def test_postgres_jsonb_question_mark_operators_are_written_doubled(postgres_ready: None) -> None:
+    from tradetrace.analytics.testing import temp_schema
+
+    with temp_schema() as url:
+        seed_runs(url)
+        for sql, args, want in (("parameters ?? ?", ["k"], 40), ("parameters ?? ?", ["nope"], 0),
+                                ("parameters ??| ARRAY['nope', ?]", ["k"], 40), ("parameters ?? 'k'", [], 40)):
+            params = [a for v in args for a in ("-p", v)]
+            res = runner.invoke(app, ["sql", f"SELECT count(*) AS n FROM optimization_runs WHERE {sql}", *params,
+                                      "--db", url, "--json"])
+            assert res.exit_code == 0 and lines(res.output) == [{"n": want}], (sql, res.output)
+        res = runner.invoke(app, ["sql", "SELECT count(*) FROM optimization_runs WHERE parameters ? 'k'", "--db", url])
+        assert res.exit_code == 2 and res.output.count("error:") == 1, res.output
+        assert "1 ? placeholder(s) but 0 parameter(s)" in res.output and "as ??, ??|, ??&" in res.output
+
+
+@pytest.mark.parametrize("text", ["", "   ", "-- just a comment"])
+def test_empty_sql_is_one_line_error(db_url: str, text: str) -> None:
+    seed_runs(db_url, n=2)
+    for extra in ([], ["--write"]):
+        res = runner.invoke(app, ["sql", "--db", db_url, *extra, "--", text])
+        assert res.exit_code == 2 and res.output.count("error:") == 1, res.output
+        assert "no SQL statement" in res.output and "Traceback" not in res.output
+
+
+def store_run(name: str = "store-only", strategy: str = "sma_crossover", bars: int = 2000) -> str:
+    cfg = {"name": name, "data": {"synthetic": {"bars": bars, "seed": 9}}, "strategy": {"type": strategy},
+           "database": {"enabled": False}}
+    return run_backtest(cfg).run_id
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--run", str(uuid.UUID(int=7))], "unknown run '00000000-0000-0000-0000-000000000007' in the event store"),
+    (["--run", "kill-thread"], "run id 'kill-thread': not a UUID"),
+    (["--run", "../../etc/passwd"], "run id '../../etc/passwd': not a UUID"),
+    (["--store", "/nonexistent/tt-events"], "no event store at /nonexistent/tt-events"),
+])
+def test_etl_refuses_unknown_runs_and_missing_stores_before_writing(tmp_path: Path, args: list[str],
+                                                                     why: str) -> None:
+    store_run()
+    db = tmp_path / "etl.duckdb"
+    res = runner.invoke(app, ["etl", "--db", str(db), *args])
+    assert res.exit_code == 2 and res.output.count("error:") == 1 and why in res.output, res.output
+    assert not db.exists()  # refused before the database was created
+
+
+def test_runs_with_no_match_names_the_filters_and_the_strategies(db_url: str) -> None:
+    seed_runs(db_url)
+    res = runner.invoke(app, ["runs", "--top", "10", "--by", "sharpe", "--strategy", "momentum", "--db", db_url])
+    assert res.exit_code == 0 and res.stdout == "", res.output
+    assert res.stderr.strip() == "no runs match (strategy=momentum); strategies in the database: alpha, beta"
+    res = runner.invoke(app, ["runs", "--strategy", "alpha", "--status", "incomplete", "--db", db_url, "--json"])
+    assert res.exit_code == 0 and res.stdout == ""
+    assert "no runs match (strategy=alpha, status=incomplete)" in res.stderr
+
+
+def test_runs_on_the_event_store_applies_the_filters_that_fit_it() -> None:
+    small, big = store_run("small", bars=2000), store_run("big", bars=4000)
+    res = runner.invoke(app, ["runs", "--by", "event_count", "--json"])
+    assert res.exit_code == 0 and [r["run_id"] for r in lines(res.output)] == [big, small], res.output
+    res = runner.invoke(app, ["runs", "--by", "event_count", "--asc", "--top", "1", "--json"])
+    assert [r["run_id"] for r in lines(res.output)] == [small]
+    res = runner.invoke(app, ["runs", "--strategy", "small", "--status", "completed", "--json"])
+    assert [r["run_id"] for r in lines(res.output)] == [small]
+    for status in ("failed", "incomplete"):
+        res = runner.invoke(app, ["runs", "--status", status, "--json"])
+        assert res.exit_code == 0 and lines(res.output) == [], res.output
+        assert f"no runs match (status={status}); strategies in the event store: sma_crossover" in res.stderr
+    res = runner.invoke(app, ["runs", "--strategy", "momentum"])
+    assert res.exit_code == 0 and "no runs match (strategy=momentum)" in res.stderr, res.output
+    for args, why in ((["--by", "sharpe"], "event store's runs have no sharpe"),
+                      (["--regime", "calm"], "--regime needs the analytics database"),
+                      (["--volatility", "high"], "--volatility needs the analytics database")):
+        res = runner.invoke(app, ["runs", *args])
+        assert res.exit_code == 2 and res.output.count("error:") == 1 and why in res.output, (args, res.output)
+
+
+def test_a_database_without_the_schema_is_not_created_by_reading(db_url: str) -> None:
+    """A fresh PostgreSQL database (here a fresh schema) or no DuckDB file: read-only commands say so (and
+    `runs` lists the event store), and create nothing."""
+    res = runner.invoke(app, ["sql", "SELECT 1", "--db", db_url])
+    assert res.exit_code == 2 and res.output.count("error:") == 1, res.output
+    assert ("no tradetrace schema in" in res.output and "run a backtest or `tradetrace etl`" in res.output
+            or "no analytics database at" in res.output), res.output
+    rid = store_run()
+    res = runner.invoke(app, ["runs", "--db", db_url, "--json"])
+    assert res.exit_code == 0 and [r["run_id"] for r in lines(res.output)] == [rid], res.output
+    if db_url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db_url) as con:
+            assert con.execute("SELECT count(*) FROM information_schema.tables "
+                               "WHERE table_schema = current_schema()").fetchone() == (0,)
+    else:
+        assert not Path(db_url).exists()
+    res = runner.invoke(app, ["etl", "--db", db_url])
+    assert res.exit_code == 0 and "loaded 1 run(s)" in res.output
+    res = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM optimization_runs", "--db", db_url, "--json"])
+    assert res.exit_code == 0 and lines(res.output) == [{"n": 1}]
+
+
+def test_etl_skips_a_stored_run_whose_id_is_not_a_uuid(db_url: str) -> None:
+    """Stores written before the engine required UUID run ids may hold others: etl loads the rest and says
+    which it skipped, instead of a driver's traceback."""
+    from tradetrace.config import parse_config
+    from tradetrace.engine.backtest import load_data
+    from tradetrace.events.recorder import RunInfo, RunTotals
+    from tradetrace.store import EventStore
+
+    rid = store_run()
+    cfg = parse_config({"data": {"synthetic": {"bars": 200, "seed": 1}}, "strategy": {"type": "sma_crossover"}})
+    legacy = EventStore().recorder(mode="thread")
+    legacy.begin(RunInfo("kill-thread", "legacy", "sma_crossover", {}), load_data(cfg))
+    legacy.end(RunTotals("completed", None, 0, {}))
+    res = runner.invoke(app, ["etl", "--db", db_url])
+    assert res.exit_code == 0 and "loaded 1 run(s)" in res.output, res.output
+    assert "not loaded: run 'kill-thread': its id is not a UUID" in " ".join(res.output.split())
+    with connect(db_url) as db:
+        assert [str(r[0]) for r in db.query("SELECT correlation_id FROM optimization_runs")[1]] == [rid]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
 import pytest
 
 from tradetrace.analytics import schema
@@ -31,7 +35,7 @@ def test_opening_an_old_database_upgrades_it(db_url: str) -> None:
 
 def test_read_only_open_of_an_old_database_says_how_to_upgrade(db_url: str) -> None:
     connect(db_url, target_version=1).close()
-    with pytest.raises(DatabaseError, match="needs upgrading to 2: open it once for writing"):
+    with pytest.raises(DatabaseError, match=f"needs upgrading to {schema.LATEST}: open it once for writing"):
         connect(db_url, read_only=True)
 
 
@@ -44,7 +48,7 @@ def test_a_newer_database_is_refused_with_the_reason(db_url: str) -> None:
 
 def test_read_only_connection_refuses_writes(db_url: str) -> None:
     connect(db_url).close()
-    with connect(db_url, read_only=True) as db, pytest.raises(driver_errors()):
+    with connect(db_url, read_only=True) as db, pytest.raises(DatabaseError, match="found|starts with 'DELETE'"):
         db.execute("DELETE FROM optimization_runs")
 
 
@@ -64,3 +68,73 @@ def test_unreachable_postgres_is_one_clear_error() -> None:
 def test_missing_duckdb_file_read_only_is_one_clear_error(tmp_path) -> None:
     with pytest.raises(DatabaseError, match="no analytics database at"):
         connect(str(tmp_path / "absent.duckdb"), read_only=True)
+
+
+def test_the_strategy_regime_summary_counts_a_single_run_at_once(db_url: str) -> None:
+    """The summary was a materialized view on PostgreSQL that only sweeps and etl refreshed: a plain
+    `run_backtest` left it stale. Now a plain view on both backends."""
+    from tradetrace import run_backtest
+
+    cfg = {"name": "summary", "data": {"synthetic": {"bars": 2000, "seed": 3}}, "strategy": {"type": "sma_crossover"},
+           "database": {"url": db_url}, "store": {"enabled": False}}
+    for k in range(2):
+        run_backtest(cfg)
+        with connect(db_url, read_only=True) as db:
+            assert db.scalar("SELECT sum(runs) FROM strategy_regime_summary") == k + 1
+            assert db.scalar("SELECT count(*) FROM optimization_runs") == k + 1
+
+
+def test_an_upgraded_version_2_database_gets_a_current_summary(db_url: str) -> None:
+    """Version 2 made the summary a materialized view on PostgreSQL; version 3 replaces it with a view."""
+    from tradetrace.analytics import etl
+
+    with connect(db_url, target_version=2) as db:
+        row = {"run_id": str(uuid.UUID(int=1)), "correlation_id": str(uuid.UUID(int=1)), "strategy_type": "alpha",
+               "status": "completed", "sharpe": 1.5}
+        etl.write_runs(db, [etl.RunRecords(row["correlation_id"], etl.run_table([row]))])
+    with connect(db_url) as db:
+        assert schema.current_version(db) == schema.LATEST
+        summary = db.query("SELECT strategy_type, runs, best_sharpe FROM strategy_regime_summary")[1]
+        assert summary == [("alpha", 1, 1.5)]
+        if db.dialect == "postgres":
+            assert db.scalar("SELECT count(*) FROM pg_matviews WHERE matviewname = 'strategy_regime_summary'") == 0
+
+
+@pytest.fixture
+def unprivileged_pg_url(postgres_ready: None) -> Iterator[str]:
+    """A URL into a fresh schema for a login role that may create tables there but not extensions."""
+    import psycopg
+
+    from tradetrace.analytics.testing import SESSION_TAG, pg_url, temp_schema
+
+    role = f"tt_plain_{SESSION_TAG}_{uuid.uuid4().hex[:6]}"
+    with temp_schema() as url, psycopg.connect(pg_url(), autocommit=True) as admin:
+        with psycopg.connect(url) as con:
+            schema_name = con.execute("SELECT current_schema()").fetchone()[0]
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        try:
+            admin.execute(f'GRANT USAGE, CREATE ON SCHEMA "{schema_name}" TO "{role}"')
+            parts = urlsplit(url)
+            yield urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        finally:
+            admin.execute(f'DROP OWNED BY "{role}" CASCADE')
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_an_extension_that_cannot_be_created_leaves_plain_tables_and_a_warning(unprivileged_pg_url: str) -> None:
+    """TimescaleDB available but not creatable (not preloaded, no rights) used to abort the first migration.
+    TimescaleDB cannot be installed here, so the same path runs on an extension this server has and this
+    login may not create (file_fdw is untrusted): the failure is real, warned about in one line, and the
+    migration's transaction goes on."""
+    with connect(unprivileged_pg_url) as db:  # migrates as the unprivileged login (timescaledb absent)
+        assert schema.current_version(db) == schema.LATEST
+        with db.transaction():
+            db.execute("CREATE TABLE before_ext (x INTEGER)")
+            with pytest.warns(UserWarning, match=r"^file_fdw is available in .* but could not be enabled "
+                                                 r"\(permission denied to create extension \"file_fdw\"\): "
+                                                 r"trades and event_latencies stay plain tables$"):
+                assert schema._hypertables(db, extension="file_fdw") is False
+            db.execute("CREATE TABLE after_ext (x INTEGER)")
+        assert db.scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
+                         "AND table_name IN ('before_ext', 'after_ext')") == 2
+        assert not schema.is_timescale(db)

@@ -89,6 +89,51 @@ def test_hysteresis_by_hand() -> None:
     assert regime.tolist() == reading.tolist()  # dwell 1: regime follows the reading
 
 
+def test_hysteresis_is_symmetric_around_negative_and_positive_edges() -> None:
+    """The trend's bands are -T and +T: 5% hysteresis means enter beyond T*1.05, leave inside T*0.95, on
+    both sides (the old shifted reading entered "up" above +1.55 and "down" below -1.45)."""
+    lo, up = np.full(13, -1.0), np.full(13, 1.0)
+    v = np.array([0.0, 1.05, 1.0501, 0.9501, 0.95, 0.9499, -1.05, -1.0501, -0.9501, -0.95, -0.9499, 1.3, -1.3])
+    reading, _ = hysteresis_labels(v, lo, up, 0.05, 1)
+    # flat; 1.05 not above 1.05; up; 0.9501 and 0.95 stay up (>= 0.95); 0.9499 flat; -1.05 not below -1.05;
+    # down; -0.9501 and -0.95 stay down (<= -0.95); -0.9499 flat; 1.3 up; -1.3 down (straight through flat).
+    assert reading.tolist() == [1, 1, 2, 2, 2, 1, 1, 0, 0, 0, 1, 2, 0]
+    # The mirror image of any series gets the mirror labels.
+    rng = np.random.default_rng(4)
+    w = np.cumsum(rng.normal(size=2_000)) * 0.2
+    a, ra = hysteresis_labels(w, lo[:1].repeat(len(w)), up[:1].repeat(len(w)), 0.05, 3)
+    b, rb = hysteresis_labels(-w, lo[:1].repeat(len(w)), up[:1].repeat(len(w)), 0.05, 3)
+    assert (2 - a).tolist() == b.tolist() and (2 - ra).tolist() == rb.tolist()
+    assert set(a.tolist()) == {0, 1, 2}
+
+
+def test_trend_classifier_thresholds_are_threshold_times_one_plus_minus_hysteresis() -> None:
+    """The trend classifier as configured (threshold 1, hysteresis 0.05): every reading change and every
+    reading kept obeys +-1.05 to enter and +-0.95 to leave, checked on the recorded value of each row."""
+    from tradetrace.config import ClassifierConfig
+    from tradetrace.engine import classifiers as cl
+
+    md, _ = synthetic.generate(30_000, seed=11, freq="5min")
+    reading, regime, value = cl._labels(ClassifierConfig(type="trend", window=50, threshold=1.0,
+                                                         hysteresis=0.05, min_dwell=3), md)
+    prev, cur, v = reading[:-1], reading[1:], value[1:]
+    ok = ~np.isnan(v) & (prev >= 0)
+    enter_up, enter_down = 1.0 * 1.05, -1.0 * 1.05
+    stay_up, stay_down = 1.0 * 0.95, -1.0 * 0.95
+    assert np.all(v[ok & (prev != 2) & (cur == 2)] > enter_up)
+    assert np.all(v[ok & (prev != 0) & (cur == 0)] < enter_down)
+    assert np.all(v[ok & (prev == 1) & (cur == 1)] <= enter_up)
+    assert np.all(v[ok & (prev == 1) & (cur == 1)] >= enter_down)
+    assert np.all(v[ok & (prev == 2) & (cur == 2)] >= stay_up)
+    assert np.all(v[ok & (prev == 2) & (cur != 2)] < stay_up)
+    assert np.all(v[ok & (prev == 0) & (cur == 0)] <= stay_down)
+    assert np.all(v[ok & (prev == 0) & (cur != 0)] > stay_down)
+    for label in (0, 1, 2):  # every transition kind happened, and the regime is the dwell-filtered reading
+        assert np.any(ok & (prev != label) & (cur == label))
+    assert np.array_equal(regime, hysteresis_labels(value, np.full(len(md), -1.0), np.full(len(md), 1.0),
+                                                    0.05, 3)[1])
+
+
 def test_min_dwell_by_hand() -> None:
     lo, up = np.full(9, 10.0), np.full(9, 20.0)
     v = np.array([15, 25, 25, 15, 25, 25, 25, 25, 5])
@@ -104,6 +149,13 @@ def _reference_hysteresis(value, lower, upper, margin: float, min_dwell: int) ->
     reading, regime = [], []
     r = g = -1
     run = 0
+
+    def down(e: float) -> float:  # the edge moved down by margin * |edge|
+        return e * (1 - margin) if e >= 0 else e * (1 + margin)
+
+    def up_(e: float) -> float:  # ... and up
+        return e * (1 + margin) if e >= 0 else e * (1 - margin)
+
     for v, lo, up in zip(value.tolist(), lower.tolist(), upper.tolist(), strict=True):
         if v != v or lo != lo or up != up:
             reading.append(r)
@@ -112,11 +164,11 @@ def _reference_hysteresis(value, lower, upper, margin: float, min_dwell: int) ->
         if r == -1:
             new = 0 if v < lo else (2 if v > up else 1)
         elif r == 2:
-            new = 2 if v >= up * (1 - margin) else (0 if v < lo * (1 - margin) else 1)
+            new = 2 if v >= down(up) else (0 if v < down(lo) else 1)
         elif r == 0:
-            new = 0 if v <= lo * (1 + margin) else (2 if v > up * (1 + margin) else 1)
+            new = 0 if v <= up_(lo) else (2 if v > up_(up) else 1)
         else:
-            new = 2 if v > up * (1 + margin) else (0 if v < lo * (1 - margin) else 1)
+            new = 2 if v > up_(up) else (0 if v < down(lo) else 1)
         if new == r:
             run += 1
         else:

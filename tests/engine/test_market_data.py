@@ -175,3 +175,68 @@ def test_distinct_days_block_by_block_equal_a_full_unique() -> None:
         ts = np.sort(rng.integers(0, 400 * NS_PER_DAY, n))
         for block in (1, 7, 1000, 1 << 20):
             assert np.array_equal(_distinct_sorted(ts, NS_PER_DAY, block), np.unique(ts // NS_PER_DAY)), (n, block)
+
+
+@pytest.mark.parametrize(("body", "row"), [
+    ("2020-01-02,10,11,9,10,1\n2020-01-03,10,11,9,10,1\n,10,11,9,10,1\n", 4),  # last row: loaded as 1677 before
+    ("2020-01-02,10,11,9,10,1\n,10,11,9,10,1\n2020-01-06,10,11,9,10,1\n", 3),  # middle: was "out of order", row 4
+    (",10,11,9,10,1\n,10,11,9,10,1\n", 2),  # every one blank: a column of type null
+])
+def test_blank_date_is_rejected_on_its_row(tmp_path: Path, body: str, row: int) -> None:
+    p = _csv(tmp_path, body)
+    with pytest.raises(DataError) as info:
+        load_series(p)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{p}: row {row}: field 'date' value '' is empty"), msg
+
+
+def test_blank_timestamp_in_parquet_is_rejected_on_its_row(tmp_path: Path) -> None:
+    df = pd.DataFrame({"timestamp": pd.to_datetime(["2020-01-02 15:00", None, "2020-01-02 15:02"], utc=True),
+                       "open": [1.0] * 3, "high": [1.0] * 3, "low": [1.0] * 3, "close": [1.0] * 3})
+    p = tmp_path / "n.parquet"
+    df.to_parquet(p)
+    with pytest.raises(DataError, match=r"n\.parquet: row 3: field 'timestamp' value '' is empty"):
+        load_series(p)
+
+
+@pytest.mark.parametrize(("body", "row", "value"), [
+    ("01/02/2020,10,11,9,10,1\n01/03/2020,10,11,9,10,1\n", 2, "'01/02/2020'"),
+    ("2020-01-02,10,11,9,10,1\nsoon,10,11,9,10,1\n", 3, "'soon'"),
+    ("2020-01-02T10:00:00Z,10,11,9,10,1\n2020-01-02T10:01:00Z,10,11,9,10,1\n2020-01-02 25:00,10,11,9,10,1\n", 4,
+     "'2020-01-02 25:00'"),
+])
+def test_unparseable_date_names_file_row_field_and_value_on_one_line(tmp_path: Path, body: str, row: int,
+                                                                      value: str) -> None:
+    p = _csv(tmp_path, body)
+    with pytest.raises(DataError) as info:
+        load_series(p)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{p}: row {row}: field 'date' value {value} is not an ISO date"), msg
+
+
+def test_header_only_file_says_it_has_no_rows(tmp_path: Path) -> None:
+    p = _csv(tmp_path, "")
+    with pytest.raises(DataError, match=r"x\.csv: no rows") as info:
+        load_series(p)
+    assert "unsupported type" not in str(info.value)
+
+
+def test_close_outside_range_warning_shows_the_close(tmp_path: Path) -> None:
+    p = _csv(tmp_path, "2020-01-02,10,11,9,10,1\n2020-01-03,10,11,9,12.5,1\n")
+    with pytest.warns(DataWarning) as record:
+        load_series(p)
+    (w,) = record
+    assert str(w.message).startswith(f"{p}: row 3: open 10.0 or close 12.5 outside low 9.0 - high 11.0 (1 rows")
+
+
+def test_load_market_errors_name_the_config_key(tmp_path: Path) -> None:
+    ok = _csv(tmp_path, "2020-01-02,10,11,9,10,1\n")
+    with pytest.raises(DataError, match=r"^data\.symbols\.SPY: .*nope\.csv: file not found$"):
+        load_market({"SPY": tmp_path / "nope.csv"})
+    with pytest.raises(DataError, match=r"^data\.aux\.VIX: .*vix\.csv: file not found$"):
+        load_market({"SPY": ok}, {"VIX": tmp_path / "vix.csv"})
+
+
+def test_synthetic_bad_start_says_which_argument() -> None:
+    with pytest.raises(ValueError, match=r"synthetic start 'notadate' is not a day \(YYYY-MM-DD\)"):
+        synthetic.generate(10, start="notadate")

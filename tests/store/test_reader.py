@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import duckdb
 import pandas as pd
 import polars as pl
@@ -29,6 +34,26 @@ def test_duckdb_and_polars_read_the_files_directly_with_hive_partitioning(store,
     fills = (pl.scan_parquet(f"{store.root}/*/event_type=FILL/*.parquet", hive_partitioning=True)
              .filter(pl.col("correlation_id") == run.run_id).collect())
     assert fills.height == run.counts["FILL"] and set(fills["event_type"]) == {"FILL"}
+
+
+def test_every_event_type_of_a_run_at_once_in_polars_and_duckdb(store, two_runs) -> None:
+    """Types have different payload columns: Polars needs `missing_columns="insert", extra_columns="ignore"`
+    (the columns of the first file: the common ones), DuckDB `union_by_name=true` (every type's columns), as the
+    README shows."""
+    run = two_runs[1]
+    glob = f"{store.root}/*/*/*.parquet"
+    with pytest.raises(pl.exceptions.SchemaError, match="extra column"):
+        pl.scan_parquet(glob, hive_partitioning=True).collect()
+    events = (pl.scan_parquet(glob, hive_partitioning=True, missing_columns="insert", extra_columns="ignore")
+              .filter(pl.col("correlation_id") == run.run_id).collect())
+    assert events.height == run.event_count
+    assert dict(events.group_by("event_type").len().iter_rows()) == run.counts
+    assert events["seq"].sort().to_list() == list(range(run.event_count))
+    rows = duckdb.sql(f"SELECT event_type, count(*), count(exit_reason) FROM read_parquet('{glob}', "
+                      f"hive_partitioning=true, union_by_name=true) WHERE correlation_id = '{run.run_id}' "
+                      "GROUP BY 1").fetchall()
+    assert {t: n for t, n, _ in rows} == run.counts
+    assert {t: k for t, _, k in rows if k} == {"POSITION_CLOSE": run.counts["POSITION_CLOSE"]}  # one type's payload
 
 
 def test_load_events_filters_and_conveniences(store, two_runs) -> None:
@@ -80,14 +105,28 @@ def test_load_events_limit_reads_the_first_events_of_every_segment(store) -> Non
 
 
 def test_trade_lineage_matches_the_engine_trades(store, two_runs) -> None:
+    """Closed trades as the engine's, then the position still open at the end (581 opens, 580 closes) with its
+    entry chain and null exit fields."""
     run = two_runs[0]
+    assert run.counts["POSITION_OPEN"] == run.counts["POSITION_CLOSE"] + 1 and len(run.open_positions) == 1
     tl = store.trade_lineage(run.run_id).to_pandas()
     trades = run.trades
-    assert len(tl) == len(trades)
+    assert len(tl) == len(trades) + 1
+    closed, still_open = tl.iloc[:-1], tl.iloc[-1]
     for col in ("entry_signal_id", "entry_order_id", "entry_fill_id", "exit_signal_id", "exit_order_id",
                 "exit_fill_id", "close_id"):
-        assert tl[col].tolist() == trades[col].tolist()
-    assert tl["pnl"].round(6).tolist() == trades["pnl"].round(6).tolist()
+        assert closed[col].tolist() == trades[col].tolist()
+    assert closed["pnl"].round(6).tolist() == trades["pnl"].round(6).tolist()
+    pos = run.open_positions[0]
+    assert still_open["entry_fill_id"] == f"{run.run_id}:{pos['entry_fill_seq']}"
+    assert still_open["entry_signal_id"] == f"{run.run_id}:{pos['entry_signal_seq']}"
+    assert store.find_signal_to_fill_path(still_open["entry_fill_id"]).chain[-1].event_id == \
+        still_open["entry_signal_id"]
+    assert (still_open["symbol"], still_open["quantity"]) == (pos["symbol"], pos["quantity"])
+    assert still_open["side"] == (1 if pos["side"] == "long" else -1)
+    assert still_open["trade_id"] == trades["trade_id"].max() + 1
+    for col in ("exit_signal_id", "exit_order_id", "exit_fill_id", "close_id", "pnl", "pnl_pct", "exit_reason"):
+        assert pd.isna(still_open[col]), col
 
 
 def test_signal_to_fill_path_and_lineage(store, two_runs) -> None:
@@ -125,3 +164,46 @@ def test_unknown_ids_and_path_escapes_are_store_errors(store, two_runs) -> None:
         store.trace("no-colon")
     with pytest.raises(StoreError, match="unknown event type"):
         store.load_events(two_runs[0].run_id, types=["FLIL"])
+
+
+def test_load_events_takes_one_type_name_and_rejects_bad_times_in_one_line(store, two_runs) -> None:
+    run = two_runs[0]
+    one = store.load_events(run.run_id, types="fill")
+    assert one.num_rows == run.counts["FILL"] and one.equals(store.load_events(run.run_id, types=["FILL"]))
+    for arg in ("start", "end"):
+        with pytest.raises(StoreError, match=f"^{arg} 'yesterday-ish' is not a date/time \\(") as err:
+            store.load_events(run.run_id, **{arg: "yesterday-ish"})
+        assert "\n" not in str(err.value)
+    with pytest.raises(StoreError, match=r"^start \[1, 2\] is not a date/time"):
+        store.load_events_df(run.run_id, start=[1, 2])
+    with pytest.raises(StoreError, match="^end '' is not a date/time"):
+        store.load_events_pl(run.run_id, end="")
+    # the DataFrame conveniences take load_events' arguments, limit included
+    assert store.load_events_df(run.run_id, types="SIGNAL", limit=5)["seq"].tolist() == \
+        store.load_events(run.run_id, types=["SIGNAL"]).column("seq").to_pylist()[:5]
+    assert store.load_events_pl(run.run_id, limit=7).height == 7
+
+
+@pytest.mark.slow
+def test_a_killed_thread_mode_run_has_a_reason_that_fits_its_writer(store, tmp_path) -> None:
+    """SIGKILL of a run whose writer is a thread: there is no writer process, so the reason must not name one."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, tradetrace as tt\n"
+        "from tradetrace.store import EventStore\n"
+        "cfg = {'name': 'killed', 'data': {'synthetic': {'bars': 400_000, 'seed': 5}},\n"
+        "       'strategy': {'type': 'sma_crossover', 'params': {'fast': 10, 'slow': 30}},\n"
+        "       'tracing': {'chunk_bars': 5_000}, 'database': {'enabled': False}}\n"
+        "rec = EventStore(sys.argv[1]).recorder(durability_events=8_000, durability_ms=50, mode='thread')\n"
+        "tt.run_backtest(cfg, recorder=rec, progress=lambda done, total: print(done, flush=True))\n")
+    proc = subprocess.Popen([sys.executable, str(script), str(store.root)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if int(line) >= 30_000:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    (rec,) = store.runs()
+    assert rec["status"] == "incomplete"
+    assert rec["reason"] == (f"the run's process {proc.pid} died and its writer (process or thread) stopped with it; "
+                             f"events from seq {rec['durable_seq_hi'] + 1} on were not durable")

@@ -451,3 +451,21 @@ def test_inbox_reads_what_a_connection_sends_in_whole_messages() -> None:
     finally:
         inbox.close()
         b.close()
+
+
+def test_a_relative_store_path_is_the_callers_not_the_writer_processs(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fresh writer process keeps the working directory it started in: a relative store path is made
+    absolute by the caller, so a run after a chdir writes where the caller's path points."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.chdir(a)
+    writer = service.service()  # started here, in a/
+    assert writer.ready(wait=True)
+    first = tt.run_backtest(run_config(bars=3_000, path="rel/events", writer="process"))
+    monkeypatch.chdir(b)
+    second = tt.run_backtest(run_config(bars=3_000, path="rel/events", writer="process"))
+    assert EventStore(a / "rel/events").run(first.run_id)["status"] == "completed"
+    assert EventStore(b / "rel/events").run(second.run_id)["status"] == "completed"
+    assert not (a / "rel/events" / "_runs" / f"{second.run_id}.json").exists()

@@ -13,7 +13,8 @@ events by `correlation_id` (a trade's `*_seq` columns are the seqs of its lineag
 | `sink.py` | end of every run (`run_backtest`): the run's rows into the configured database |
 | `backfill.py` | `tradetrace etl`: rebuild rows from the Parquet event store |
 | `queries.py` | the common questions (`top_runs`), bound parameters only |
-| `commands.py` | CLI: `sql` (read-only unless `--write`), `runs`, `etl` |
+| `sqltext.py` | where a statement's code is: PostgreSQL placeholders (`?`; jsonb `?` as `??`), read-only checks |
+| `commands.py` | CLI: `sql` (read-only unless `--write`: one query, nothing written anywhere), `runs`, `etl` |
 | `metrics.py` | the metric definitions (empyrical's) |
 
 Database URL: `--db` / `database.url` / `TRADETRACE_DB`, else `$TRADETRACE_HOME/analytics.duckdb`.

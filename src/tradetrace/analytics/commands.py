@@ -72,16 +72,20 @@ def _print_top(cols: list[str], rows: list[tuple], title: str) -> None:
 
 
 def sql(
-    query: str = typer.Argument(..., help="one SQL statement"),
+    query: str = typer.Argument(..., help="one SQL statement ('?' binds the next --param; on PostgreSQL write "
+                                          "the jsonb operators ?, ?|, ?& as ??, ??|, ??&)"),
     write: bool = typer.Option(False, "--write", help="allow statements that change the database"),
     params: list[str] = typer.Option(None, "--param", "-p", help="value bound to the next ? placeholder"),
     db: str = DB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="one JSON object per row"),
 ) -> None:
-    """Run SQL on the analytics database (read-only unless --write)."""
+    """Run SQL on the analytics database (read-only unless --write: one query, nothing written anywhere)."""
+    from tradetrace.analytics import sqltext
     from tradetrace.analytics.db import DatabaseError, connect, driver_errors
     from tradetrace.cli import fail
 
+    if not sqltext.statements(query):
+        raise fail("sql: no SQL statement (the text is empty or only comments)")
     try:
         with connect(db, read_only=not write) as conn:
             cols, rows = conn.query(query, list(params) if params else None)
@@ -94,58 +98,94 @@ def sql(
         _print_rows(cols, rows, as_json)
 
 
+#: Statuses `--status` accepts: the database's (completed, failed) and the event store's (also incomplete, running).
+STATUSES = ("completed", "failed", "incomplete", "running")
+#: What the event store's runs can be sorted by (they have no metrics until `tradetrace etl` loads them).
+STORE_SORTABLE = {"event_count": "event_count", "created_at": "started_wall_ns"}
+
+
 def runs(
     top: int = typer.Option(10, "--top", min=1, help="how many runs"),
-    by: str = typer.Option("sharpe", "--by", help=f"sort column: {', '.join(SORTABLE)}"),
+    by: str = typer.Option(None, "--by", help=f"sort column (default sharpe): {', '.join(SORTABLE)}"),
     strategy: str = typer.Option(None, "--strategy", help="strategy type (e.g. sma_crossover) or run name"),
     sweep: str = typer.Option(None, "--sweep", help="only runs of this sweep_id"),
     regime: str = typer.Option(None, "--regime", help="only runs whose market_regime is this"),
     volatility: str = typer.Option(None, "--volatility", help="only runs whose volatility_regime is this"),
-    status: str = typer.Option(None, "--status", help="completed or failed"),
+    status: str = typer.Option(None, "--status", help=f"one of {', '.join(STATUSES)}"),
     ascending: bool = typer.Option(False, "--asc", help="lowest first"),
     db: str = DB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="one JSON object per row"),
 ) -> None:
-    """List the best runs from the database (or the event store's runs when the database has none)."""
-    from tradetrace.analytics.db import DatabaseError, connect
+    """List the best runs from the database (or the event store's runs when the database has none).
+
+    No run matching the filters is not an error (exit 0): a note on stderr names the filters and the
+    strategies there are."""
+    from tradetrace.analytics.db import DatabaseError, NoDatabase, connect
     from tradetrace.cli import fail
 
-    if by not in SORTABLE:
+    if by is not None and by not in SORTABLE:
         raise fail(f"--by value {by!r}: not one of {', '.join(SORTABLE)}")
-    if status is not None and status not in ("completed", "failed"):
-        raise fail(f"--status value {status!r}: use completed or failed")
+    if status is not None and status not in STATUSES:
+        raise fail(f"--status value {status!r}: not one of {', '.join(STATUSES)}")
+    filters = {"strategy": strategy, "sweep": sweep, "regime": regime, "volatility": volatility, "status": status}
     try:
         with connect(db, read_only=True) as conn:
             total = conn.scalar("SELECT count(*) FROM optimization_runs")
-            cols, rows = top_runs(conn, top, by, strategy=strategy, sweep=sweep, regime=regime,
+            cols, rows = top_runs(conn, top, by or "sharpe", strategy=strategy, sweep=sweep, regime=regime,
                                   volatility=volatility, status=status, ascending=ascending)
+            strategies = [r[0] for r in conn.query("SELECT DISTINCT strategy_type FROM optimization_runs "
+                                                   "ORDER BY 1")[1]] if total and not rows else []
+    except NoDatabase:
+        total, cols, rows, strategies = 0, [], [], []
     except DatabaseError as exc:
-        if "no analytics database" not in str(exc):
-            raise fail(str(exc)) from None
-        total, cols, rows = 0, [], []
-    if total:
-        if as_json:
-            _print_rows(cols, rows, True)
-        else:
-            _print_top(cols, rows, f"top {top} runs by {by}")
-        return
-    _store_runs(top, strategy, sweep, as_json)
+        raise fail(str(exc)) from None
+    if not total:
+        _store_runs(top, by, filters, ascending, as_json)
+    elif not rows:
+        _no_match(filters, strategies, "the database")
+    elif as_json:
+        _print_rows(cols, rows, True)
+    else:
+        _print_top(cols, rows, f"top {top} runs by {by or 'sharpe'}")
 
 
-def _store_runs(top: int, strategy: str | None, sweep: str | None, as_json: bool) -> None:
+def _no_match(filters: dict[str, str | None], strategies: list[str], where: str) -> None:
+    from tradetrace.cli import console
+
+    given = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
+    console.print(f"no runs match ({given}); strategies in {where}: {', '.join(strategies) or 'none'}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _store_runs(top: int, by: str | None, filters: dict[str, str | None], ascending: bool, as_json: bool) -> None:
+    """The event store's runs, when the database has none: the filters that apply to them (strategy, sweep,
+    status; sorted newest first, or by event_count / created_at); the others are refused, one line each."""
     from tradetrace.analytics.backfill import open_store, run_records
     from tradetrace.cli import fail
 
+    for key in ("regime", "volatility"):
+        if filters[key] is not None:
+            raise fail(f"--{key} needs the analytics database, which has no runs: load the event store's runs "
+                       "with `tradetrace etl` first")
+    if by is not None and by not in STORE_SORTABLE:
+        raise fail(f"--by value {by!r}: the analytics database has no runs and the event store's runs have no "
+                   f"{by} (they sort by {' or '.join(STORE_SORTABLE)}); load them with `tradetrace etl` first")
     try:
         records = run_records(open_store())
     except RuntimeError as exc:
         raise fail(f"the database has no runs and {exc}", 1) from None
-    records = [r for r in records if (strategy is None or strategy in (r.get("strategy"), r.get("name")))
-               and (sweep is None or r.get("sweep_id") == sweep)][:top]
     if not records:
         raise fail("no runs in the database or the event store", 1)
-    cols = [c for c in ("run_id", "name", "strategy", "sweep_id", "status", "event_count") if c in records[0]]
-    _print_rows(cols, [tuple(r.get(c) for c in cols) for r in records], as_json,
+    strategy, sweep, status = filters["strategy"], filters["sweep"], filters["status"]
+    matched = [r for r in records if (strategy is None or strategy in (r.get("strategy"), r.get("name")))
+               and (sweep is None or r.get("sweep_id") == sweep) and (status is None or r.get("status") == status)]
+    key = STORE_SORTABLE[by or "created_at"]
+    matched.sort(key=lambda r: r.get(key) or 0, reverse=not ascending)
+    if not matched:
+        _no_match(filters, sorted({str(r.get("strategy")) for r in records}), "the event store")
+        return
+    cols = [c for c in ("run_id", "name", "strategy", "sweep_id", "status", "event_count") if c in matched[0]]
+    _print_rows(cols, [tuple(r.get(c) for c in cols) for r in matched[:top]], as_json,
                 title=None if as_json else "runs in the event store (database empty: `tradetrace etl` loads them)")
 
 
@@ -155,19 +195,18 @@ def etl_command(
     run: list[str] = typer.Option(None, "--run", help="only this run id (repeatable)"),
 ) -> None:
     """Backfill the database from the event store: trades, run metrics, latencies (idempotent)."""
-    from tradetrace.analytics import schema
-    from tradetrace.analytics.backfill import backfill, open_store
+    from tradetrace.analytics.backfill import BackfillError, backfill, check_request, open_store
     from tradetrace.analytics.db import DatabaseError, connect
     from tradetrace.cli import fail, out
 
     try:
         event_store = open_store(store)
+        wanted = check_request(event_store, run or None)  # before the database is opened: nothing half-done
         skipped: list[str] = []
         with connect(db) as conn:
-            n = backfill(conn, event_store, run or None, skipped=skipped)
-            schema.refresh_summary(conn)
+            n = backfill(conn, event_store, wanted, skipped=skipped)
             url = conn.url
-    except (RuntimeError, DatabaseError) as exc:
+    except (RuntimeError, DatabaseError, BackfillError) as exc:
         raise fail(str(exc)) from None
     out.print(f"loaded {n} run(s) into {url}", highlight=False)
     for why in skipped:

@@ -2,9 +2,9 @@
 
 Why an interface: the SQL layer answers "what worked across many runs" and must behave the same on an
 embedded file (default, no server) and on PostgreSQL (many writers, many machines). Callers write SQL
-once with `?` placeholders; the backend rewrites them for its driver, so user values are always bound
-as parameters, never pasted into SQL. Bulk loads take Arrow tables (DuckDB scans them directly,
-PostgreSQL gets them through COPY).
+once with `?` placeholders; the backend rewrites them for its driver, so user values are always bound as
+parameters, never pasted into SQL (PostgreSQL's jsonb `?` operators are written `??`: `sqltext.py`).
+Bulk loads take Arrow tables (DuckDB scans them directly, PostgreSQL gets them through COPY).
 
 `connect(url)` picks the backend: `postgresql://...` / `postgres://...` -> PostgreSQL; anything else
 (a path, or `duckdb:///path`) -> a DuckDB file. Opening migrates the schema (see `schema.py`).
@@ -23,6 +23,10 @@ from tradetrace.paths import database_url
 
 class DatabaseError(ValueError):
     """The analytics database cannot be opened or used; the message is one line saying why."""
+
+
+class NoDatabase(DatabaseError):
+    """A read-only open found no tradetrace database (no DuckDB file, or no schema yet): nothing to read."""
 
 
 class Database(ABC):
@@ -85,7 +89,8 @@ def connect(url: str | None = None, *, read_only: bool = False, migrate: bool = 
 
     With `migrate` (default) an older schema is upgraded to the current version (`target_version` stops
     earlier: tests use it to build old databases); a read-only open of an older schema, or any open of
-    a newer one, raises DatabaseError saying why.
+    a newer one, raises DatabaseError saying why; a read-only open of a database without the schema (a
+    fresh PostgreSQL database, an empty DuckDB file) raises NoDatabase: reading creates nothing.
     """
     from tradetrace.analytics import schema
 

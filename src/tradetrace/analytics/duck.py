@@ -3,6 +3,9 @@
 DuckDB allows one writing process per file. A process that finds the file locked by another writer
 retries for `LOCK_WAIT_S` (two `tradetrace run` at once then queue rather than fail); sweeps never
 hit this because only their coordinator writes (see `tradetrace.sweep.runner`).
+
+A read-only file still lets `COPY ... TO '/file'` and `ATTACH` write elsewhere: read-only connections also
+run only single queries (`sqltext.check_read_only`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from tradetrace.analytics.db import Database, DatabaseError
+from tradetrace.analytics import sqltext
+from tradetrace.analytics.db import Database, DatabaseError, NoDatabase
 
 LOCK_WAIT_S = 30.0
 
@@ -33,7 +37,7 @@ class DuckDatabase(Database):
         self.url = url
         self.path = _path(url)
         if read_only and not self.path.exists():
-            raise DatabaseError(f"no analytics database at {self.path} (run a backtest or `tradetrace etl` first)")
+            raise NoDatabase(f"no analytics database at {self.path} (run a backtest or `tradetrace etl` first)")
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + LOCK_WAIT_S
@@ -45,18 +49,27 @@ class DuckDatabase(Database):
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise DatabaseError(f"cannot open DuckDB file {self.path}: {str(exc).splitlines()[0]}") from None
                 time.sleep(0.05)
+        self.read_only = read_only
         self._src = 0
 
+    def _execute(self, sql: str, params: Sequence[Any] | None) -> duckdb.DuckDBPyConnection | None:
+        """The cursor of a statement; None for a text without one (empty, or only comments)."""
+        if self.read_only:
+            sqltext.check_read_only(sql)
+        return self.con.execute(sql, list(params) if params is not None else None)
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        self.con.execute(sql, list(params) if params is not None else None)
+        self._execute(sql, params)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
-        cur = self.con.execute(sql, list(params) if params is not None else None)
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall() if cols else []
+        cur = self._execute(sql, params)
+        cols = [d[0] for d in cur.description] if cur is not None and cur.description else []
+        return cols, cur.fetchall() if cur is not None and cols else []
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        res = self.con.execute(sql, list(params) if params is not None else None)
+        res = self._execute(sql, params)
+        if res is None:
+            return pa.table({})
         table = res.fetch_arrow_table() if hasattr(res, "fetch_arrow_table") else res.arrow()
         return table if isinstance(table, pa.Table) else table.read_all()
 

@@ -5,8 +5,16 @@ Arrow tables are encoded to the binary COPY format with numpy (`pgcopy.py`) and 
 `COPY ... FROM STDIN (FORMAT binary)`; NULLs, NaN and inf round-trip exactly.
 
 Many processes may write at once (each run's rows in one transaction): this is the backend for
-sweeps over several machines. Read-only sessions run each statement as one prepared statement (no
-piggy-backed second statement) inside a READ ONLY transaction.
+sweeps over several machines.
+
+Read-only sessions (`tradetrace sql` without `--write`, `runs`) change nothing, in three layers: the text
+must be one query (`sqltext.check_read_only`: a READ ONLY transaction alone lets `COPY ... TO PROGRAM` and
+`COPY ... TO '/file'` through); it runs as one prepared statement inside a READ ONLY transaction; and, when
+the login may, under the predefined role `pg_read_all_data`, which reads every table but cannot write server
+files, run programs or signal other sessions, whatever a function call inside the query tries.
+
+Placeholders: `?` in code (not in literals, quoted names, comments or dollar quotes) binds the next
+parameter; the jsonb operators `?`, `?|`, `?&` are written `??`, `??|`, `??&` (see `sqltext.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tradetrace.analytics import pgcopy
+from tradetrace.analytics import pgcopy, sqltext
 from tradetrace.analytics.db import Database, DatabaseError, redact
 
 try:
@@ -26,11 +34,16 @@ except ImportError:  # pragma: no cover - the postgres extra is optional
     psycopg = None
 
 
-def _convert(sql: str, params: Sequence[Any] | None) -> str:
-    """`?` placeholders -> psycopg's `%s` (and literal `%` escaped) when there are parameters."""
-    if params is None:
-        return sql
-    return sql.replace("%", "%%").replace("?", "%s")
+def _convert(sql: str, params: Sequence[Any] | None) -> tuple[str, list[Any] | None]:
+    """psycopg's form of a statement and its parameters; DatabaseError when they do not pair up. Without
+    parameters and placeholders the text goes as is (bar `??`), so `--write` may still send several
+    statements."""
+    args = list(params) if params is not None else []
+    query, count = sqltext.to_pyformat(sql, params=params is not None)
+    if count != len(args):
+        raise DatabaseError(f"the statement has {count} ? placeholder(s) but {len(args)} parameter(s) were given "
+                            "(write PostgreSQL's jsonb operators ?, ?|, ?& as ??, ??|, ??&)")
+    return query, args if params is not None else None
 
 
 class PostgresDatabase(Database):
@@ -48,18 +61,36 @@ class PostgresDatabase(Database):
             raise DatabaseError(f"cannot connect to PostgreSQL at {redact(url)}: {first}") from None
         self._in_tx = False
         self._types: dict[str, dict[str, str]] = {}
+        self._reader_role = read_only and self._pin_reader_role()
+
+    def _pin_reader_role(self) -> bool:
+        """Whether read-only statements can run as `pg_read_all_data` (PostgreSQL 14+, a member or a
+        superuser). If so the search path is pinned first: a `$user` entry would name that role's schema."""
+        with self.con.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'pg_read_all_data' "
+                        "AND pg_has_role(current_user, oid, 'MEMBER')")
+            row = cur.fetchone()
+            if not row or not row[0]:
+                return False
+            cur.execute("SELECT set_config('search_path', coalesce(string_agg(quote_ident(s), ', ' ORDER BY k), "
+                        "''), false) FROM unnest(current_schemas(false)) WITH ORDINALITY AS t(s, k)")
+        return True
 
     def _run(self, sql: str, params: Sequence[Any] | None) -> tuple[list[str], list[tuple]]:
+        if self.read_only:
+            sqltext.check_read_only(sql)
+        query, args = _convert(sql, params)
         with self.con.cursor() as cur:
             if self.read_only and not self._in_tx:
-                # One prepared statement inside a READ ONLY transaction: the server refuses writes and a
-                # second statement (e.g. `COMMIT; DELETE ...`) cannot be smuggled in.
+                # One prepared statement inside a READ ONLY transaction, as a role that cannot write files:
+                # the server refuses writes and a second statement (`COMMIT; DELETE ...`) cannot be smuggled in.
                 with self.con.transaction():
                     cur.execute("SET TRANSACTION READ ONLY")
-                    cur.execute("SELECT 1")
-                    cur.execute(_convert(sql, params), params, prepare=True)
+                    if self._reader_role:
+                        cur.execute("SET LOCAL ROLE pg_read_all_data")
+                    cur.execute(query, args, prepare=True)
                     return _fetch(cur)
-            cur.execute(_convert(sql, params), params)
+            cur.execute(query, args)
             return _fetch(cur)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
@@ -96,12 +127,14 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """A transaction; nested, a savepoint (a failure inside rolls back only the inner part)."""
+        outer = self._in_tx
         self._in_tx = True
         try:
             with self.con.transaction():
                 yield
         finally:
-            self._in_tx = False
+            self._in_tx = outer
 
     def close(self) -> None:
         self.con.close()

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 
 def storage_path(cfg: RunConfig) -> str | None:
-    """Where the run's events are kept (None when they are only in memory)."""
+    """Where the run's events are kept (None when they are only in memory), as an absolute path: the same
+    whichever folder the run, a sweep's worker or `tradetrace etl` started in."""
     if not (cfg.tracing.enabled and cfg.store.enabled):
         return None
     from tradetrace.paths import events_dir
 
-    return str(events_dir(cfg.store.path))
+    return str(events_dir(cfg.store.path).resolve())
 
 
 def records_for(cfg: RunConfig, result: BacktestResult, *, run_hash: str | None = None,

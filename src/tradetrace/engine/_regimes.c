@@ -3,16 +3,24 @@
  * Why C: the pass is path-dependent (each label depends on the previous one), so it cannot be
  * vectorized, and in Python it took 0.25 s per 1M bars, a third of a 1M-bar run's engine time.
  * Same arithmetic as the reference loop in tests/engine/test_classifiers.py, which checks it:
+ * - margins are relative to each edge's magnitude: down(e) = e - margin*|e|, up(e) = e + margin*|e|
+ *   (computed as e*(1-margin) or e*(1+margin) by e's sign), so an edge below zero (the trend's -T) gets
+ *   the same margin as one above it (+T) and the entry/exit thresholds sit symmetrically around each edge;
  * - a NaN value or band edge keeps the previous reading and regime;
  * - with no reading yet: below lower -> 0, above upper -> 2, else 1;
- * - from 2 (high): stay while value >= upper*(1-margin), else 0 if below lower*(1-margin), else 1;
- * - from 0 (low): stay while value <= lower*(1+margin), else 2 if above upper*(1+margin), else 1;
- * - from 1: 2 if above upper*(1+margin), 0 if below lower*(1-margin), else 1;
+ * - from 2 (high): stay while value >= down(upper), else 0 if below down(lower), else 1;
+ * - from 0 (low): stay while value <= up(lower), else 2 if above up(upper), else 1;
+ * - from 1: 2 if above up(upper), 0 if below down(lower), else 1;
  * - the regime takes a new reading once it has held for min_dwell rows (the first reading at once).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+
+/* An edge moved down / up by margin*|edge|; below = 1-margin, above = 1+margin. For edges >= 0 this is
+ * edge*below / edge*above exactly (the volatility and VIX bands, positive, are as they were). */
+static inline double edge_down(double e, double below, double above) { return e * (e >= 0.0 ? below : above); }
+static inline double edge_up(double e, double below, double above) { return e * (e >= 0.0 ? above : below); }
 
 /* hysteresis(value, lower, upper, margin, min_dwell) -> (reading, regime): int8 bytes, -1 = unknown. */
 static PyObject *hysteresis(PyObject *Py_UNUSED(m), PyObject *args) {
@@ -48,11 +56,11 @@ static PyObject *hysteresis(PyObject *Py_UNUSED(m), PyObject *args) {
         if (r == -1)
             nw = x < l ? 0 : (x > u ? 2 : 1);
         else if (r == 2)
-            nw = x >= u * below ? 2 : (x < l * below ? 0 : 1);
+            nw = x >= edge_down(u, below, above) ? 2 : (x < edge_down(l, below, above) ? 0 : 1);
         else if (r == 0)
-            nw = x <= l * above ? 0 : (x > u * above ? 2 : 1);
+            nw = x <= edge_up(l, below, above) ? 0 : (x > edge_up(u, below, above) ? 2 : 1);
         else
-            nw = x > u * above ? 2 : (x < l * below ? 0 : 1);
+            nw = x > edge_up(u, below, above) ? 2 : (x < edge_down(l, below, above) ? 0 : 1);
         if (nw == r) {
             run++;
         } else {

@@ -62,10 +62,10 @@ def load_data(cfg: RunConfig) -> MarketData:
         s = d.synthetic
         md, _truth = synthetic.generate(s.bars, s.seed, s.freq, s.symbols, s.start)
         if d.aux:
-            from tradetrace.engine.data import asof, load_series
+            from tradetrace.engine.data import asof, load_keyed
 
             for name, path in d.aux.items():
-                a = load_series(cfg.resolve(path))
+                a = load_keyed(f"data.aux.{name}", cfg.resolve(path))
                 md.aux[name] = asof(md.ts, md.daily, a.ts, a.close, a.daily)
         return md
     return load_market({k: cfg.resolve(v) for k, v in d.symbols.items()},

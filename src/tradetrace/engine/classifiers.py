@@ -1,11 +1,12 @@
 """Classifiers: label market state causally and announce changes.
 
 Each classifier turns a causal reading (realized-volatility percentile, normalized trend distance,
-VIX level) into one of three labels with hysteresis (a reading must clear a band edge by a relative
-margin to leave its band) and a minimum dwell (a new label must hold for `min_dwell` bars before it
-becomes the regime). A CLASSIFICATION event says the reading changed band; a REGIME_CHANGE event
-says the regime changed. Both are published at the bar where they become known: nothing is dated
-back, so there is no look-ahead.
+VIX level) into one of three labels with hysteresis (a reading enters a band only once it is past the
+band's edge by `hysteresis` times the edge's magnitude, and leaves it only once it is back past the
+edge by as much: symmetric around every edge, the trend's negative one included) and a minimum dwell
+(a new label must hold for `min_dwell` bars before it becomes the regime). A CLASSIFICATION event
+says the reading changed band; a REGIME_CHANGE event says the regime changed. Both are published at
+the bar where they become known: nothing is dated back, so there is no look-ahead.
 
 Readings and labels are computed once over the series (vectorized readings, one sequential pass for
 hysteresis and dwell, which is inherently path-dependent); during the run the classifier container
@@ -34,9 +35,10 @@ def hysteresis_labels(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, m
                       min_dwell: int) -> tuple[np.ndarray, np.ndarray]:
     """Band readings (0/1/2 or -1 unknown) and confirmed regimes, both causal.
 
-    The reading leaves its current band only when the value clears the band edge by `margin`
-    (relative); the regime takes a new reading only after it has held for `min_dwell` bars. One
-    sequential pass in C (`_regimes.c`, rules there); tests check it against a Python loop.
+    The reading enters or leaves a band only when the value clears the band edge by `margin` times
+    the edge's magnitude (so -1 and +1 get the same margin, 0 none); the regime takes a new reading
+    only after it has held for `min_dwell` bars. One sequential pass in C (`_regimes.c`, rules
+    there); tests check it against a Python loop.
     """
     arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (value, lower, upper)]
     reading, regime = _regimes.hysteresis(*arrays, float(margin), int(min_dwell))
@@ -70,9 +72,8 @@ def _reading(cfg: ClassifierConfig, md: MarketData, rows: np.ndarray) -> tuple[n
         with np.errstate(invalid="ignore", divide="ignore"):
             value = (close / m - 1.0) / vol
         value[~np.isfinite(value)] = np.nan
-        # Bands around zero: shift so that relative hysteresis margins stay meaningful.
-        shift = 10.0 * cfg.threshold
-        return value + shift, np.full(len(rows), shift - cfg.threshold), np.full(len(rows), shift + cfg.threshold)
+        # Edges -T and +T: margins are relative to |edge|, so T(1 +- h) and -T(1 +- h), symmetric.
+        return value, np.full(len(rows), -cfg.threshold), np.full(len(rows), cfg.threshold)
     if cfg.series not in md.aux:
         raise ValueError(f"classifier vix: auxiliary series {cfg.series!r} not loaded "
                          f"(data.aux has: {', '.join(md.aux) or 'nothing'})")
@@ -103,7 +104,7 @@ def _labels(cfg: ClassifierConfig, md: MarketData) -> tuple[np.ndarray, np.ndarr
         rd, rg = hysteresis_labels(value, lo, up, cfg.hysteresis, cfg.min_dwell)
         reading[rows] = rd
         regime[rows] = rg
-        values[rows] = value - (10.0 * cfg.threshold if cfg.type == "trend" else 0.0)
+        values[rows] = value
     for a in (reading, regime, values):
         a.flags.writeable = False
     md.derived[key] = (reading, regime, values)

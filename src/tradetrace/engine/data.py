@@ -141,8 +141,15 @@ def _column(table: pa.Table, path: Path, name: str, required: bool = True) -> pa
     return None
 
 
-def _timestamps(col: pa.ChunkedArray, path: Path) -> tuple[np.ndarray, bool]:
-    """Timestamps as int64 ns UTC, and whether they are plain dates."""
+def _timestamps(col: pa.ChunkedArray, path: Path, name: str = "timestamp") -> tuple[np.ndarray, bool]:
+    """Timestamps as int64 ns UTC, and whether they are plain dates.
+
+    Blanks are rejected here, by row: a null cast to int64 becomes year 1677 (NaT), which would load
+    as a bar or be reported as "out of order" on the next row.
+    """
+    if col.null_count:
+        i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{path}: row {i + 2}: field '{name}' value '' is empty (expected a date/time)")
     typ = col.type
     if pa.types.is_date(typ):
         return col.cast(pa.timestamp("ns")).to_numpy().astype(np.int64), True
@@ -152,33 +159,45 @@ def _timestamps(col: pa.ChunkedArray, path: Path) -> tuple[np.ndarray, bool]:
         vals = ns.astype(np.int64)
         return vals, bool(np.all(vals % NS_PER_DAY == 0))
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-        strings = col.to_pylist()
-        for i, s in enumerate(strings):
-            if s is None:
-                raise DataError(f"{path}: row {i + 2}: field 'timestamp' is empty")
-        try:
-            parsed = pc.strptime(col, format="%Y-%m-%d", unit="ns", error_is_null=True)
-            if parsed.null_count == 0:
-                return parsed.to_numpy().astype(np.int64), True
-            import pandas as pd
+        parsed = pc.strptime(col, format="%Y-%m-%d", unit="ns", error_is_null=True)
+        if parsed.null_count == 0:
+            return parsed.to_numpy().astype(np.int64), True
+        import pandas as pd
 
+        strings = col.to_pylist()
+        try:
             idx = pd.to_datetime(pd.Series(strings), utc=True, format="ISO8601")
             return idx.to_numpy().astype("datetime64[ns]").astype(np.int64), False
         except (ValueError, TypeError) as exc:
-            bad = next((s for s in strings if not _parses(s)), strings[0])
-            raise DataError(f"{path}: field 'timestamp' value {bad!r} is not a date/time: {exc}") from None
+            i = next((i for i, s in enumerate(strings) if not _parses(s)), None)
+            if i is None:  # every value parses on its own (e.g. mixed formats): pandas' first line says why
+                raise DataError(f"{path}: field '{name}': {str(exc).splitlines()[0]}") from None
+            raise DataError(f"{path}: row {i + 2}: field '{name}' value {strings[i]!r} is not an ISO date/time "
+                            "(expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, optionally with an offset)") from None
     if pa.types.is_integer(typ):
-        raise DataError(f"{path}: field 'timestamp' is an integer column; expected ISO dates/times")
-    raise DataError(f"{path}: field 'timestamp' has unsupported type {typ}")
+        raise DataError(f"{path}: field '{name}' is an integer column; expected ISO dates/times")
+    raise DataError(f"{path}: field '{name}' has unsupported type {typ}")
 
 
 def _parses(s: str) -> bool:
+    """Whether one value parses as the whole column would (pandas ISO 8601, UTC, in nanosecond range).
+
+    The cheap standard-library check runs first; pandas (slower per value) only on what it rejects.
+    """
     from datetime import datetime
+
+    import pandas as pd
 
     try:
         datetime.fromisoformat(s)
+        pd.Timestamp(s)  # out of the ns range (years before 1677, after 2262) fails here
         return True
     except ValueError:
+        pass
+    try:
+        pd.to_datetime(pd.Series([s]), utc=True, format="ISO8601")
+        return True
+    except (ValueError, TypeError):
         return False
 
 
@@ -217,6 +236,8 @@ def load_series(path: str | Path, *, warn_open_outside: bool = True) -> Series:
 
 
 def _series_from_table(t: pa.Table, path: Path, warn_open_outside: bool) -> Series:
+    if t.num_rows == 0:  # a header only: its columns have no type to complain about
+        raise DataError(f"{path}: no rows (columns: {', '.join(t.column_names)})")
     tcol = None
     for name in _TIME_COLUMNS:
         tcol = _column(t, path, name, required=False)
@@ -224,7 +245,7 @@ def _series_from_table(t: pa.Table, path: Path, warn_open_outside: bool) -> Seri
             break
     if tcol is None:
         raise DataError(f"{path}: missing column 'date' or 'timestamp' (columns: {', '.join(t.column_names)})")
-    ts, daily = _timestamps(tcol, path)
+    ts, daily = _timestamps(tcol, path, name)
     cols = {n: _floats(_column(t, path, n), path, n) for n in _PRICE_COLUMNS}
     vcol = _column(t, path, "volume", required=False)
     volume = _floats(vcol, path, "volume") if vcol is not None else np.zeros(len(ts))
@@ -261,9 +282,8 @@ def validate(path: Path | str, ts: np.ndarray, o: np.ndarray, h: np.ndarray, lo:
     outside = np.flatnonzero((o > h) | (o < lo) | (c > h) | (c < lo))
     if len(outside) and warn_open_outside:
         r = outside[0]
-        warnings.warn(f"{path}: {len(outside)} rows have open/close outside high/low "
-                      f"(first: row {r + 2}, open {o[r]}, high {h[r]}, low {lo[r]}); kept as published",
-                      DataWarning, stacklevel=3)
+        warnings.warn(f"{path}: row {r + 2}: open {o[r]} or close {c[r]} outside low {lo[r]} - high {h[r]} "
+                      f"({len(outside)} rows in all; kept as published)", DataWarning, stacklevel=3)
 
 
 def align(series: dict[str, Series], aux: dict[str, Series] | None = None) -> MarketData:
@@ -315,8 +335,17 @@ def asof(ts: np.ndarray, daily: bool, aux_ts: np.ndarray, aux_values: np.ndarray
     return out.astype(np.float64)
 
 
+def load_keyed(key: str, path: str | Path) -> Series:
+    """`load_series` for a config entry: its errors also name the config key (`data.aux.VIX: ...`), as
+    the file alone does not say which entry of a config pointed at it."""
+    try:
+        return load_series(path)
+    except DataError as exc:
+        raise DataError(f"{key}: {exc}") from None
+
+
 def load_market(symbols: dict[str, str | Path], aux: dict[str, str | Path] | None = None) -> MarketData:
     """Load and align the files of a config's `data.symbols` and `data.aux`."""
-    series = {name: load_series(p) for name, p in symbols.items()}
-    aux_series = {name: load_series(p) for name, p in (aux or {}).items()}
+    series = {name: load_keyed(f"data.symbols.{name}", p) for name, p in symbols.items()}
+    aux_series = {name: load_keyed(f"data.aux.{name}", p) for name, p in (aux or {}).items()}
     return align(series, aux_series)

@@ -63,7 +63,8 @@ class BacktestResult:
                          name="equity", copy=False)
 
     def _eid(self, seq: int | None) -> str | None:
-        return None if seq is None else make_event_id(self.run_id, seq)
+        """An event id, or None where there is no event to point to (no seq, or tracing was off)."""
+        return None if seq is None or self.recorder is None else make_event_id(self.run_id, seq)
 
     # -- trades ----------------------------------------------------------------------------------
     @property

@@ -29,7 +29,10 @@ def _timestamps(bars: int, freq: str, start: str) -> np.ndarray:
     minutes = _FREQ_MINUTES[freq]
     per_day = max(1, SESSION_MINUTES // minutes)
     days_needed = bars // per_day + 2
-    first = np.datetime64(start, "D")
+    try:
+        first = np.datetime64(start, "D")
+    except ValueError:  # numpy's own message does not say which argument
+        raise ValueError(f"synthetic start {start!r} is not a day (YYYY-MM-DD)") from None
     # Business days: generous calendar span, then keep weekdays.
     cal = first + np.arange(int(days_needed * 7 / 5) + 7)
     weekday = (cal.astype("datetime64[D]").astype(np.int64) + 3) % 7 < 5

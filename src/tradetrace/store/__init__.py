@@ -8,6 +8,7 @@ partitioning decision: `layout.py`; encodings: `codec.py`; BAR prices stored onc
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,8 @@ from tradetrace.events.recorder import Recorder
 from tradetrace.events.types import EventType
 from tradetrace.paths import events_dir
 from tradetrace.store import maintenance, queries
-from tradetrace.store.layout import StoreError, check_run_id
-from tradetrace.store.reader import RunReader, concat_by_seq, run_record
+from tradetrace.store.layout import DamagedRun, StoreError, StoreWarning, check_run_id
+from tradetrace.store.reader import RunReader, concat_by_seq, market_ns, run_record
 from tradetrace.store.sampling import Sampling
 from tradetrace.store.writer import StoreRecorder, Terminated
 
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
     from tradetrace.config import RunConfig
 
-__all__ = ["EventStore", "StoreError", "StoreRecorder", "Sampling", "Terminated", "recorder_for"]
+__all__ = ["DamagedRun", "EventStore", "StoreError", "StoreRecorder", "StoreWarning", "Sampling", "Terminated",
+           "recorder_for"]
 
 
 class EventStore:
@@ -65,8 +67,13 @@ class EventStore:
     def runs(self) -> list[dict[str, Any]]:
         """Every run: run_id, name, strategy, sweep_id, status, reason, event_count, counts, start/end
         wall time (ns), lost_seq ([first, last or None]) when incomplete, stored_count (< event_count
-        when sampled), market_set (the stored data set holding its BAR prices, or None). Newest first."""
-        out = [self._public(run_record(self.root, r)) for r in maintenance.run_ids(self.root)]
+        when sampled), market_set (the stored data set holding its BAR prices, or None). Newest first.
+        A run whose manifest or journal is damaged is left out with a warning naming the file."""
+        records, damaged = maintenance.scan(self.root)
+        for problem in damaged.values():
+            warnings.warn(f"{problem} (left out; `tradetrace store verify` checks the store)", StoreWarning,
+                          stacklevel=2)
+        out = [self._public(m) for m in records]
         return sorted(out, key=lambda m: m.get("started_wall_ns") or 0, reverse=True)
 
     def run(self, run_id: str) -> dict[str, Any]:
@@ -84,35 +91,35 @@ class EventStore:
         return RunReader(self.root, check_run_id(run_id))
 
     # -- reading ---------------------------------------------------------------------------------
-    def load_events(self, run_id: str, types: list[str] | None = None, start: Any = None,
+    def load_events(self, run_id: str, types: str | list[str] | None = None, start: Any = None,
                     end: Any = None, limit: int | None = None) -> pa.Table:
         """All events of a run (optionally some types, market time in [start, end)) as one Arrow table
         sorted by seq; payload columns of other types are null, string columns are dictionary-encoded
-        (pandas: Categorical), as in `BacktestResult.events()`. `limit`: only the first `limit` events
-        (without a time window only the row groups holding them are read)."""
+        (pandas: Categorical), as in `BacktestResult.events()`. `types`: names (any case), or one name.
+        `start`/`end`: anything pandas reads as a timestamp (naive = UTC). `limit`: only the first `limit`
+        events (without a time window only the row groups holding them are read)."""
         if limit is not None and limit < 0:
             raise StoreError(f"limit must be >= 0, not {limit}")
+        start, end = market_ns(start, end)
         reader = self._reader(run_id)
         wanted = None
         if types is not None:
-            try:
-                wanted = [EventType[t.upper()] for t in types]
-            except KeyError as exc:
-                raise StoreError(f"unknown event type {exc.args[0]!r}") from None
-            wanted = [t for t in wanted if t in reader.types]
+            wanted = [t for t in _event_types(types) if t in reader.types]
             if not wanted:
                 return concat_by_seq({})
         return reader.events(wanted, start, end, limit)
 
-    def load_events_df(self, run_id: str, types: list[str] | None = None, start: Any = None,
-                       end: Any = None) -> pd.DataFrame:
-        return self.load_events(run_id, types, start, end).to_pandas()
+    def load_events_df(self, run_id: str, types: str | list[str] | None = None, start: Any = None,
+                       end: Any = None, limit: int | None = None) -> pd.DataFrame:
+        """`load_events` as a pandas DataFrame (same arguments)."""
+        return self.load_events(run_id, types, start, end, limit).to_pandas()
 
-    def load_events_pl(self, run_id: str, types: list[str] | None = None, start: Any = None,
-                       end: Any = None) -> pl.DataFrame:
+    def load_events_pl(self, run_id: str, types: str | list[str] | None = None, start: Any = None,
+                       end: Any = None, limit: int | None = None) -> pl.DataFrame:
+        """`load_events` as a Polars DataFrame (same arguments)."""
         import polars as pl
 
-        return pl.from_arrow(self.load_events(run_id, types, start, end))
+        return pl.from_arrow(self.load_events(run_id, types, start, end, limit))
 
     def _split(self, event_id: str) -> tuple[RunReader, int]:
         try:
@@ -148,7 +155,8 @@ class EventStore:
             raise StoreError(f"unknown event id {event_id!r}") from None
 
     def trade_lineage(self, run_id: str) -> pa.Table:
-        """One row per closed trade: entry/exit SIGNAL, ORDER, FILL ids, the close event id, P&L."""
+        """One row per trade: entry/exit SIGNAL, ORDER, FILL ids, the close event id, P&L; closed trades first,
+        then any position still open at the run's end (null exit ids, close_id, pnl and exit_reason)."""
         return queries.trade_lineage(self._reader(run_id))
 
     def find_signal_to_fill_path(self, fill_id: str) -> Lineage:
@@ -162,7 +170,8 @@ class EventStore:
             raise StoreError(str(exc)) from None
 
     def latency_report(self, run_id: str) -> pa.Table:
-        """Per event type: count, mean/p50/p95/p99/max of queue and processing time in microseconds."""
+        """Per event type: the run's exact count, mean/p50/p95/p99/max of queue and processing time in
+        microseconds (weighted estimates, `estimated` true, for a sampled run's thinned types)."""
         return queries.latency_report(self._reader(run_id))
 
     # -- maintenance -----------------------------------------------------------------------------
@@ -178,6 +187,20 @@ class EventStore:
               sweep_id: str | None = None) -> list[str]:
         """Retention: delete finished runs by age, beyond the newest N, or of one sweep."""
         return maintenance.prune(self.root, older_than_days, keep_last, sweep_id)
+
+
+def _event_types(types: str | list[str]) -> list[EventType]:
+    """Event type names (any case; one name alone is one type, not its letters) -> EventTypes."""
+    names = [types] if isinstance(types, str) else list(types)
+    out = []
+    for t in names:
+        if isinstance(t, EventType):
+            out.append(t)
+        elif isinstance(t, str) and t.upper() in EventType.__members__:
+            out.append(EventType[t.upper()])
+        else:
+            raise StoreError(f"unknown event type {t!r}")
+    return out
 
 
 def recorder_for(cfg: RunConfig) -> Recorder:

@@ -1,23 +1,43 @@
 """CLI commands of the event store: trace, events, latency, store compact|prune|verify.
 
 (`tradetrace runs` belongs to the analytics commands; it falls back to `EventStore.runs()`.)
-Exit codes: 0 ok, 1 verification found problems, 2 bad input (unknown run or event id, unsafe id).
+Exit codes: 0 ok, 1 verification found problems (or compact/prune left a damaged run alone), 2 bad input
+(unknown run or event id, unsafe id, negative retention).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Optional
+import warnings
+from collections.abc import Callable
+from typing import Optional, TypeVar
 
 import typer
 from rich.table import Table
 
 from tradetrace.events.types import COMMON_FIELDS
-from tradetrace.store import EventStore, StoreError
+from tradetrace.store import EventStore, StoreError, StoreWarning
+
+T = TypeVar("T")
 
 
 def _store(root: str | None) -> EventStore:
     return EventStore(root)
+
+
+def _warned(call: Callable[[], T]) -> tuple[T, int]:
+    """`call()`, its warnings printed one per line on stderr; and how many were StoreWarnings (a damaged run left
+    alone)."""
+    from rich.text import Text
+
+    from tradetrace.cli import console
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    for w in caught:
+        console.print(Text.assemble(("warning:", "bold yellow"), f" {w.message}"), highlight=False, soft_wrap=True)
+    return result, sum(issubclass(w.category, StoreWarning) for w in caught)
 
 
 def register(app: typer.Typer) -> None:
@@ -75,14 +95,18 @@ def register(app: typer.Typer) -> None:
         except StoreError as exc:
             raise fail(str(exc)) from None
         wide = out.width >= 140
-        t = Table(title="q = queue time, p = processing time, in us (--json: mean and p95 too)",
-                  header_style="bold")
-        keep = [c for c in rep.column_names if wide or c == "event_type" or c == "count"
-                or c.endswith(("_p50_us", "_p99_us", "_max_us"))]
+        estimated = rep.column("estimated").to_pylist()
+        title = "q = queue time, p = processing time, in us (--json: mean and p95 too)"
+        if any(estimated):
+            title += "; * estimated from a sample (weighted by `weight`), count exact"
+        t = Table(title=title, header_style="bold")
+        keep = [c for c in rep.column_names if c != "estimated" and (wide or c == "event_type" or c == "count"
+                or c.endswith(("_p50_us", "_p99_us", "_max_us")))]
         for c in keep:
             label = c.replace("_us", "").replace("queue_", "q ").replace("proc_", "p ").replace("event_type", "type")
             t.add_column(label, justify="left" if c == "event_type" else "right", no_wrap=True)
-        for r in rep.select(keep).to_pylist():
+        for r, est in zip(rep.select(keep).to_pylist(), estimated, strict=True):
+            r["event_type"] += "*" if est else ""
             t.add_row(*[("-" if v is None else f"{v:,.1f}") if isinstance(v, float) or v is None else str(v)
                         for v in r.values()])
         if as_json:
@@ -95,22 +119,29 @@ def register(app: typer.Typer) -> None:
     def compact_cmd(run_id: Optional[str] = typer.Argument(None), root: Optional[str] = root_opt) -> None:  # noqa: UP045
         """Rewrite finished runs as one file per run and type."""
         try:
-            done = _store(root).compact(run_id)
+            done, damaged = _warned(lambda: _store(root).compact(run_id))
         except StoreError as exc:
             raise fail(str(exc)) from None
         out.print(f"compacted {len(done)} run(s)")
+        if damaged:
+            raise typer.Exit(1)
 
     @store_app.command("prune")
     def prune_cmd(older_than_days: Optional[float] = typer.Option(None, "--older-than-days"),  # noqa: UP045
                   keep_last: Optional[int] = typer.Option(None, "--keep-last"),  # noqa: UP045
                   sweep: Optional[str] = typer.Option(None, "--sweep"),  # noqa: UP045
                   root: Optional[str] = root_opt) -> None:  # noqa: UP045
-        """Delete finished runs by age, beyond the newest N, or of one sweep."""
+        """Delete finished runs by age, beyond the newest N, or of one sweep (damaged runs are kept: exit 1)."""
+        for opt, value in (("--older-than-days", older_than_days), ("--keep-last", keep_last)):
+            if value is not None and not value >= 0:
+                raise fail(f"{opt} must be >= 0, got {value}")
         try:
-            gone = _store(root).prune(older_than_days, keep_last, sweep)
+            gone, damaged = _warned(lambda: _store(root).prune(older_than_days, keep_last, sweep))
         except StoreError as exc:
             raise fail(str(exc)) from None
         out.print(f"deleted {len(gone)} run(s)")
+        if damaged:
+            raise typer.Exit(1)
 
     @store_app.command("verify")
     def verify_cmd(run_id: Optional[str] = typer.Argument(None), root: Optional[str] = root_opt) -> None:  # noqa: UP045
@@ -123,7 +154,8 @@ def register(app: typer.Typer) -> None:
         for r in reports:
             state = "ok" if r["ok"] else "PROBLEMS: " + "; ".join(r["problems"])
             lost = f" lost seq {r['lost_seq']}" if r["lost_seq"] else ""
-            out.print(f"{r['run_id']} {r['status']} {r['events']:,} events{lost}: {state}", highlight=False)
+            out.print(f"{r['run_id']} {r['status']} {r['events']:,} events{lost}: {state}", highlight=False,
+                      soft_wrap=True)
             bad += not r["ok"]
         if bad:
             raise typer.Exit(1)

@@ -19,6 +19,7 @@ renamed into place and its directory fsynced (decision 4); a segment's files do 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -28,16 +29,40 @@ from typing import Any
 
 RUNS_DIR = "_runs"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SEGMENT_SUFFIX = re.compile(r"-s\d{6,}$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class StoreError(ValueError):
     """Bad input to the store (unknown run or event, unsafe path); the message is one line."""
 
 
+class DamagedRun(StoreError):
+    """A run whose manifest or journal cannot be trusted (unreadable, malformed, or naming a file that is not
+    the run's own); the message names the file and the reason. Whole-store commands report such a run and
+    go on with the others; nothing it lists is read or deleted."""
+
+
+class StoreWarning(UserWarning):
+    """A run left alone by a whole-store command (listing, compaction, retention) because it is damaged."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Arrow's and JSON's run to several), for one-line reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def check_run_id(run_id: str) -> str:
-    """A run id safe to use as a file name: no separators, no `..`, never escapes the store root."""
+    """A run id safe to use as a file name: no separators, no `..`, never escapes the store root.
+
+    An id may not end like a segment suffix (`-s` and 6+ digits): run `X-s000001`'s compacted file would be
+    named as run `X`'s segment 1 (`segment_name`), and the two runs would overwrite each other's files."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
         raise StoreError(f"invalid run id {run_id!r}: expected letters, digits, '-', '_' or '.'")
+    if _SEGMENT_SUFFIX.search(run_id):
+        raise StoreError(f"invalid run id {run_id!r}: it may not end with '-s' and 6 or more digits "
+                         "(the store's segment file suffix)")
     return run_id
 
 
@@ -65,6 +90,46 @@ def segment_name(run_id: str, segment: int) -> str:
 
 def compact_name(run_id: str) -> str:
     return f"{run_id}.parquet"
+
+
+@functools.lru_cache(maxsize=64)
+def own_file(run_id: str) -> re.Pattern[str]:
+    """File names of a run's events in a type directory: its segments and its compacted file, exactly
+    (a glob like `<run>-s*` also matches the files of a run whose id starts with `<run>-s`)."""
+    return re.compile(rf"^{re.escape(run_id)}(?:-s\d{{6,}})?\.parquet$")
+
+
+@functools.lru_cache(maxsize=64)
+def own_tmp_file(run_id: str) -> re.Pattern[str]:
+    """Temporary names (`tmp_name`) of a run's segment and compacted files, exactly."""
+    return re.compile(rf"^\.{re.escape(run_id)}(?:-s\d{{6,}})?\.parquet\.\d+\.\d+\.tmp$")
+
+
+def check_date(run_id: str, date: Any, source: Path) -> str:
+    """The run's partition date from its manifest (it names directories: `date=<date>`); DamagedRun if not a date."""
+    if not (isinstance(date, str) and _DATE.match(date)):
+        raise DamagedRun(f"damaged run {run_id}: {source}: date {date!r} is not YYYY-MM-DD")
+    return date
+
+
+def check_run_files(run_id: str, date: Any, type_name: str, paths: Any, source: Path) -> None:
+    """File paths of one type read from the run's manifest or journal (`source`), checked before anything reads
+    or deletes them: each must be one of the run's own files in its partition
+    (`date=<date>/event_type=<type>/<own_file>`), so it is inside the store and belongs to no other run.
+    A DamagedRun naming `source` and the value otherwise: a corrupt or tampered catalog entry must never make
+    prune delete, or a reader open, anything else. Names only, as strings: listing a store checks every file of
+    every run, and Path objects or `resolve` tripled the cost of a run's record; deletions also resolve
+    symlinks (`inside`)."""
+    check_date(run_id, date, source)
+    if not isinstance(paths, list):
+        raise DamagedRun(f"damaged run {run_id}: {source}: files of {type_name} is not a list")
+    prefix = f"date={date}/event_type={type_name}/"
+    own = own_file(run_id)
+    for rel in paths:
+        norm = rel.replace(os.sep, "/") if isinstance(rel, str) else ""
+        if not (norm.startswith(prefix) and own.match(norm[len(prefix):])):
+            raise DamagedRun(f"damaged run {run_id}: {source}: {type_name} file {rel!r} is not one of the run's "
+                             f"files ({prefix}{run_id}[-sNNNNNN].parquet)")
 
 
 def manifest_path(root: Path, run_id: str) -> Path:

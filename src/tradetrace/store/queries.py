@@ -83,8 +83,12 @@ def _lookup(keys: np.ndarray, seqs: np.ndarray, values: np.ndarray) -> np.ndarra
 
 
 def trade_lineage(reader: RunReader) -> pa.Table:
-    """One row per closed trade: entry/exit SIGNAL, ORDER, FILL, the close event ids, P&L."""
-    want = [EventType.POSITION_CLOSE, EventType.FILL, EventType.ORDER, EventType.SIGNAL]
+    """One row per trade: entry/exit SIGNAL, ORDER, FILL, the close event ids, P&L.
+
+    Closed trades (one row per POSITION_CLOSE, in close order) come first, then each position still open at
+    the end of the run: its entry ids, its open quantity, and null exit ids, close_id, pnl, pnl_pct and
+    exit_reason (`close_id` null marks an open position)."""
+    want = [EventType.POSITION_CLOSE, EventType.POSITION_OPEN, EventType.FILL, EventType.ORDER, EventType.SIGNAL]
     tabs = reader.load([t for t in want if t in reader.types],
                        columns=None)
     close = tabs.get(EventType.POSITION_CLOSE)
@@ -93,12 +97,15 @@ def trade_lineage(reader: RunReader) -> pa.Table:
             ("seq", pa.int64()), ("causation_seq", pa.int64()), ("entry_seq", pa.int64()), ("trade_id", pa.int64()),
             ("symbol", pa.string()), ("side", pa.int8()), ("quantity", pa.float64()), ("pnl", pa.float64()),
             ("pnl_pct", pa.float64()), ("exit_reason", pa.string())]})
+    still_open = _open_at_end(tabs.get(EventType.POSITION_OPEN), tabs.get(EventType.FILL))
     f_seq, f_cause = _cause_of(tabs.get(EventType.FILL))
     o_seq, o_cause = _cause_of(tabs.get(EventType.ORDER))
     s_seq = tabs[EventType.SIGNAL].column("seq").to_numpy() if EventType.SIGNAL in tabs else np.array([], np.int64)
-    close_seq = close.column("seq").to_numpy()
-    exit_fill = close.column("causation_seq").fill_null(-1).to_numpy()
-    entry_fill = close.column("entry_seq").fill_null(-1).to_numpy()
+    none = np.full(still_open.num_rows, -1, dtype=np.int64)
+    close_seq = np.concatenate([close.column("seq").to_numpy(), none])
+    exit_fill = np.concatenate([close.column("causation_seq").fill_null(-1).to_numpy(), none])
+    entry_fill = np.concatenate([close.column("entry_seq").fill_null(-1).to_numpy(),
+                                 still_open.column("causation_seq").fill_null(-1).to_numpy()])
 
     def chain(fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = _lookup(fill, f_seq, f_cause)
@@ -113,43 +120,98 @@ def trade_lineage(reader: RunReader) -> pa.Table:
     def ids(a: np.ndarray) -> pa.Array:
         return pa.array([make_event_id(run, int(s)) if s >= 0 else None for s in a], type=pa.string())
 
+    def col(name: str, t: pa.DataType) -> pa.ChunkedArray:  # closed rows, then open rows (null if they lack it)
+        tail = still_open.column(name).cast(t).chunks if name in still_open.column_names \
+            else [pa.nulls(still_open.num_rows, t)]
+        return pa.chunked_array(close.column(name).cast(t).chunks + tail, type=t)
+
     return pa.table({
-        "trade_id": close.column("trade_id"), "symbol": close.column("symbol"), "side": close.column("side"),
-        "quantity": close.column("quantity"),
+        "trade_id": col("trade_id", pa.int64()), "symbol": col("symbol", pa.string()), "side": col("side", pa.int8()),
+        "quantity": col("quantity", pa.float64()),
         "entry_signal_id": ids(entry_signal), "entry_order_id": ids(entry_order), "entry_fill_id": ids(entry_fill),
         "exit_signal_id": ids(exit_signal), "exit_order_id": ids(exit_order), "exit_fill_id": ids(exit_fill),
-        "close_id": ids(close_seq), "pnl": close.column("pnl"), "pnl_pct": close.column("pnl_pct"),
-        "exit_reason": close.column("exit_reason"),
+        "close_id": ids(close_seq), "pnl": col("pnl", pa.float64()), "pnl_pct": col("pnl_pct", pa.float64()),
+        "exit_reason": col("exit_reason", pa.string()),
     })
+
+
+def _open_at_end(opens: pa.Table | None, fills: pa.Table | None) -> pa.Table:
+    """The POSITION_OPEN of each trade still open when the run ended, with its open quantity.
+
+    A symbol has at most one open trade, opened by its latest POSITION_OPEN; it is still open if the symbol's
+    net filled quantity is not zero (fills that add to a trade or close part of it have no POSITION_OPEN,
+    so the quantity comes from the fills)."""
+    empty = pa.table({"causation_seq": pa.array([], pa.int64()), "trade_id": pa.array([], pa.int64()),
+                      "symbol": pa.array([], pa.string()), "side": pa.array([], pa.int8()),
+                      "quantity": pa.array([], pa.float64())})
+    if opens is None or fills is None or opens.num_rows == 0:
+        return empty
+    net: dict[str, float] = {}
+    for sym, side, qty in zip(fills.column("symbol").to_pylist(), fills.column("side").to_pylist(),
+                              fills.column("quantity").to_pylist(), strict=True):
+        net[sym] = net.get(sym, 0.0) + side * qty
+    seqs = opens.column("seq").to_pylist()
+    latest: dict[str, int] = {}  # symbol -> row of its latest POSITION_OPEN
+    for k, sym in enumerate(opens.column("symbol").to_pylist()):
+        if sym not in latest or seqs[k] > seqs[latest[sym]]:
+            latest[sym] = k
+    rows = sorted((k for sym, k in latest.items() if abs(net.get(sym, 0.0)) > 1e-9), key=seqs.__getitem__)
+    picked = opens.take(pa.array(rows, pa.int64()))
+    return pa.table({"causation_seq": picked.column("causation_seq").cast(pa.int64()),
+                     "trade_id": picked.column("trade_id"), "symbol": picked.column("symbol").cast(pa.string()),
+                     "side": picked.column("side"),
+                     "quantity": pa.array([abs(net[s]) for s in picked.column("symbol").to_pylist()], pa.float64())})
 
 
 def latency_report(reader: RunReader) -> pa.Table:
     """Per event type: count, mean, p50, p95, p99, max of queue and processing time (microseconds).
 
     queue = received_at - emitted_at, processing = processed_at - received_at; events without clocks
-    (BARs between clock samples, events never dispatched) count in `count` but not in the statistics."""
-    rows: dict[str, list] = {k: [] for k in ("event_type", "count", "timed")}
+    (BARs between clock samples, events never dispatched) count in `count` but not in the statistics.
+    `count` is the run's exact count of the type (its manifest), `stored` the rows kept. On a sampled run a
+    type whose rows were thinned has `estimated` true: its mean and percentiles are weighted by the rows'
+    `weight` (1 / keep probability), so they estimate the whole run's; its max is the sample's."""
+    rows: dict[str, list] = {k: [] for k in ("event_type", "count", "stored", "timed", "estimated")}
     stats = ("mean", "p50", "p95", "p99", "max")
     for prefix in ("queue", "proc"):
         for s in stats:
             rows[f"{prefix}_{s}_us"] = []
-    for t, tab in reader.load(columns=["emitted_at", "received_at", "processed_at"]).items():
+    counts = reader.record.get("counts") or {}
+    sampled = reader.record.get("sampling") is not None
+    cols = ["emitted_at", "received_at", "processed_at"] + (["weight"] if sampled else [])
+    for t, tab in reader.load(columns=cols).items():
         em, rx, px = (tab.column(c).cast(pa.int64()) for c in ("emitted_at", "received_at", "processed_at"))
         valid = ~(np.asarray(rx.is_null()) | np.asarray(px.is_null()) | np.asarray(em.is_null()))
         e = em.fill_null(0).to_numpy()[valid]
         r = rx.fill_null(0).to_numpy()[valid]
         p = px.fill_null(0).to_numpy()[valid]
+        count = int(counts.get(t.name, tab.num_rows))
+        w = tab.column("weight").fill_null(1.0).to_numpy().astype(np.float64)[valid] \
+            if "weight" in tab.column_names else None
+        estimated = w is not None and count > tab.num_rows
         rows["event_type"].append(t.name)
-        rows["count"].append(tab.num_rows)
+        rows["count"].append(count)
+        rows["stored"].append(tab.num_rows)
         rows["timed"].append(int(valid.sum()))
+        rows["estimated"].append(estimated)
         for prefix, v in (("queue", (r - e) / 1e3), ("proc", (p - r) / 1e3)):
-            if len(v):
+            if not len(v):
+                vals: tuple = (None,) * 5
+            elif estimated:
+                q = np.percentile(v, [50, 95, 99], weights=w, method="inverted_cdf")
+                vals = (float(np.average(v, weights=w)), float(q[0]), float(q[1]), float(q[2]), float(v.max()))
+            else:
                 q = np.percentile(v, [50, 95, 99])
                 vals = (float(v.mean()), float(q[0]), float(q[1]), float(q[2]), float(v.max()))
-            else:
-                vals = (None,) * 5
             for s, x in zip(stats, vals, strict=True):
                 rows[f"{prefix}_{s}_us"].append(x)
+    for name in sorted(set(counts) - set(rows["event_type"])):
+        if counts[name]:  # a type whose events were all sampled away: its count, no statistics
+            for k, v in (("event_type", name), ("count", int(counts[name])), ("stored", 0), ("timed", 0),
+                         ("estimated", True)):
+                rows[k].append(v)
+            for k in rows.keys() - {"event_type", "count", "stored", "timed", "estimated"}:
+                rows[k].append(None)
     return pa.table(rows)
 
 

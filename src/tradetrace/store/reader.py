@@ -7,6 +7,7 @@ journal (while running, or after a crash), so loading one run never lists the wh
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -21,38 +22,91 @@ from tradetrace.store import codec, layout, market
 
 
 def run_record(root: Path, run_id: str) -> dict[str, Any]:
-    """The manifest of a run, with status `incomplete` and the lost range when its writer died."""
+    """The manifest of a run, with status `incomplete` and the lost range when its writer died.
+
+    DamagedRun (naming the file) if the manifest or journal is unreadable or malformed, or lists a file that
+    is not one of the run's own (`layout.check_run_files`): callers read and delete only what this returned."""
     mpath = layout.manifest_path(root, run_id)
-    if not mpath.exists():
-        raise layout.StoreError(f"unknown run {run_id!r} in the event store {root}")
-    m = layout.read_json(mpath)
+    try:
+        m = layout.read_json(mpath)
+    except FileNotFoundError:
+        raise layout.StoreError(f"unknown run {run_id!r} in the event store {root}") from None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise layout.DamagedRun(f"damaged run {run_id}: {mpath}: unreadable ({layout.one_line(exc)})") from None
+    if not isinstance(m, dict) or not isinstance(m.get("status"), str):
+        raise layout.DamagedRun(f"damaged run {run_id}: {mpath}: not a run manifest (no status)")
+    if m.get("run_id") != run_id:  # prune deletes by this id
+        raise layout.DamagedRun(f"damaged run {run_id}: {mpath}: run_id {m.get('run_id')!r} is not the file's run")
+    _check_names(root, run_id, m, mpath)
     if m.get("files") is None:  # not ended: rebuild from the journal
-        journal = layout.read_journal(layout.journal_path(root, run_id))
-        files: dict[str, list[str]] = {}
-        counts: dict[str, int] = {}
-        stored = 0
-        hi = -1
-        for rec in journal:
-            if rec["seq_lo"] != hi + 1:
-                break  # a gap would mean a lost segment: only the gapless prefix is durable
-            hi = rec["seq_hi"]
-            for t, f in rec["files"].items():
-                files.setdefault(t, []).append(f)
-            for t, n in rec["counts"].items():
-                counts[t] = counts.get(t, 0) + n
-            stored += sum(rec["stored"].values())
-        m["files"] = files
-        m["durable_seq_hi"] = hi
-        m["stored_count"] = stored
-        m.setdefault("counts", counts)
-        m["durable_counts"] = counts
+        jpath = layout.journal_path(root, run_id)
+        try:
+            _from_journal(m, layout.read_journal(jpath))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise layout.DamagedRun(f"damaged run {run_id}: {jpath}: malformed segment record "
+                                    f"({type(exc).__name__}: {layout.one_line(exc)})") from None
+        _check_files(run_id, m, jpath)
+        hi = m["durable_seq_hi"]
         if m["status"] == "running" and not _alive(m):
             m["status"] = "incomplete"
             m["lost_seq"] = [hi + 1, None]  # the end is unknown: the process died before reporting it
-            m["reason"] = f"writer process {m.get('pid')} died; events from seq {hi + 1} on were not durable"
+            # `pid` is the run's (engine's) process: its writer, a thread in it or a child process that dies
+            # with it, stopped too. A writer process that died alone is marked by the engine (writer.py).
+            m["reason"] = (f"the run's process {m.get('pid')} died and its writer (process or thread) stopped "
+                           f"with it; events from seq {hi + 1} on were not durable")
         m.setdefault("event_count", hi + 1)
+    else:
+        _check_files(run_id, m, mpath)
     m.setdefault("lost_seq", None)
     return m
+
+
+def _from_journal(m: dict[str, Any], journal: list[dict[str, Any]]) -> None:
+    """The files, counts and durable end of a run that has not ended, from its journal's gapless prefix."""
+    files: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    stored = 0
+    hi = -1
+    for rec in journal:
+        if rec["seq_lo"] != hi + 1:
+            break  # a gap would mean a lost segment: only the gapless prefix is durable
+        hi = int(rec["seq_hi"])
+        for t, f in rec["files"].items():
+            files.setdefault(t, []).append(f)
+        for t, n in rec["counts"].items():
+            counts[t] = counts.get(t, 0) + n
+        stored += sum(rec["stored"].values())
+    m["files"] = files
+    m["durable_seq_hi"] = hi
+    m["stored_count"] = stored
+    m.setdefault("counts", counts)
+    m["durable_counts"] = counts
+
+
+def _check_files(run_id: str, m: dict[str, Any], source: Path) -> None:
+    """Every path the record lists is one of the run's own files (see run_record); DamagedRun otherwise."""
+    files = m["files"]
+    if not isinstance(files, dict):
+        raise layout.DamagedRun(f"damaged run {run_id}: {source}: files is not a mapping")
+    for name, paths in files.items():
+        if name not in EventType.__members__:
+            raise layout.DamagedRun(f"damaged run {run_id}: {source}: unknown event type {name!r} in files")
+        layout.check_run_files(run_id, m.get("date"), name, paths, source)
+
+
+_MARKET_KEY = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _check_names(root: Path, run_id: str, m: dict[str, Any], mpath: Path) -> None:
+    """The other names a manifest holds that become paths: its partition date, market set and seq index."""
+    layout.check_date(run_id, m.get("date"), mpath)
+    key = m.get("market_set")
+    if key is not None and not (isinstance(key, str) and _MARKET_KEY.match(key)):  # as market.set_path checks
+        raise layout.DamagedRun(f"damaged run {run_id}: {mpath}: market_set {key!r} is not a market set key")
+    index = m.get("seq_index")
+    if index is not None and (not isinstance(index, str)
+                              or index.replace(os.sep, "/") != f"{layout.RUNS_DIR}/{run_id}.seqindex.parquet"):
+        raise layout.DamagedRun(f"damaged run {run_id}: {mpath}: seq_index {index!r} is not the run's index file")
 
 
 def _alive(m: dict[str, Any]) -> bool:
@@ -251,13 +305,25 @@ def _time_mask(tab: pa.Table, start: Any, end: Any) -> pa.Array:
     return mask
 
 
-def _ns(v: Any) -> int:
+def _ns(v: Any, what: str = "market time") -> int:
+    """A market time (anything pandas reads as a timestamp; naive = UTC) as ns since the epoch; a one-line
+    StoreError naming `what` and the value if it is not one."""
     import pandas as pd
 
-    t = pd.Timestamp(v)
+    try:
+        t = pd.Timestamp(v)
+    except (ValueError, TypeError) as exc:
+        raise layout.StoreError(f"{what} {v!r} is not a date/time ({layout.one_line(exc)})") from None
+    if t is pd.NaT:
+        raise layout.StoreError(f"{what} {v!r} is not a date/time")
     if t.tzinfo is None:
         t = t.tz_localize("UTC")
     return int(t.value)
+
+
+def market_ns(start: Any, end: Any) -> tuple[int | None, int | None]:
+    """A load's [start, end) window parsed once, up front (see `_ns`)."""
+    return (None if start is None else _ns(start, "start"), None if end is None else _ns(end, "end"))
 
 
 def concat_by_seq(tables: dict[EventType, pa.Table]) -> pa.Table:

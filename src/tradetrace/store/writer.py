@@ -246,7 +246,7 @@ class StoreRecorder:
                                     f"{durability_events}, {durability_ms}, {queue_batches}")
         if mode not in (None, "process", "thread"):
             raise layout.StoreError(f"writer mode {mode!r} not one of process, thread")
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # the writer process may have another working directory
         self.compression = compression
         self.durability_events = durability_events
         self.durability_ms = durability_ms

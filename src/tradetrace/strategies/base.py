@@ -23,6 +23,13 @@ i); `I()` returns them as a row-aligned list. `next(i)` runs for every market-da
 order. A strategy decides a *target* per symbol (+1 long, -1 short, 0 flat) and says so with a
 SIGNAL; sizing, risk and execution are the other containers' jobs. Signals are decisions: emit one
 when the target changes, not on every bar.
+
+`targets` is what the strategy holds, as far as its decisions go. A stop-loss or take-profit closes a
+position without a SIGNAL; the strategy hears of it through the bus (the RISK_BREACH that closes it),
+and `on_risk_exit` sets that symbol's target back to flat, so the next entry rule fires again and no
+exit is signalled for a position already gone. Why the bus and not a per-bar read of the portfolio:
+risk exits are rare, bars are the hot path; and a target is an intent, which a risk limit that cuts
+or blocks an order does not change (re-deciding every bar would re-signal a blocked entry each bar).
 """
 
 from __future__ import annotations
@@ -39,12 +46,14 @@ if TYPE_CHECKING:
     from tradetrace.engine.data import MarketData
     from tradetrace.engine.portfolio import PortfolioView
     from tradetrace.events.bus import TracedEventBus
+    from tradetrace.events.event import Event
 
 
 class StrategyParams(BaseModel):
-    """Base for a strategy's parameters: unknown keys and wrong types are config errors."""
+    """Base for a strategy's parameters: unknown keys and wrong types are config errors (strict, as the rest of
+    the config: a quoted '5' is not a number, and no infinities or NaN)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Strategy:
@@ -64,6 +73,7 @@ class Strategy:
         self.portfolio: PortfolioView | None = None
         self._symbol_of: list[int] | None = None
         self.targets: list[int] = []
+        self._sym_index: dict[str, int] = {}
 
     def bind(self, bus: TracedEventBus, data: MarketData, portfolio: PortfolioView) -> None:
         """Attach to a run (done by the engine before `init`)."""
@@ -72,6 +82,8 @@ class Strategy:
         self.portfolio = portfolio
         self._symbol_of = None
         self.targets = [0] * len(data.symbols)
+        self._sym_index = {name: k for k, name in enumerate(data.symbols)}
+        bus.subscribe(EventType.RISK_BREACH, self._on_breach)
 
     @property
     def symbol_of(self) -> list[int]:
@@ -88,6 +100,20 @@ class Strategy:
     def next(self, i: int) -> None:
         """Called for every market-data row `i`, in time order."""
         raise NotImplementedError
+
+    def on_risk_exit(self, symbol: int, rule: str) -> None:
+        """Risk is closing `symbol`'s whole position (`rule`: stop_loss, take_profit, end_of_data).
+
+        Runs while that RISK_BREACH is handled, before the exit fills; for a stop, within the bar that
+        hit it and before `next` sees that bar. The default makes the strategy flat for that symbol;
+        override to keep more state in step.
+        """
+        self.targets[symbol] = 0
+
+    def _on_breach(self, ev: Event) -> None:
+        rule, sym, action = ev.payload[:3]
+        if action == "close":  # "cut" / "block" only shrink an order: the target stands
+            self.on_risk_exit(self._sym_index[sym], rule)
 
     # -- helpers ---------------------------------------------------------------------------------
     def I(self, func: Callable[..., np.ndarray], *args: Any, source: str = "close") -> Sequence:  # noqa: E743

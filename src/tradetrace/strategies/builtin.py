@@ -43,11 +43,11 @@ class MovingAverageCrossover(Strategy):
 
     def next(self, i: int) -> None:
         x = self.cross[i]
-        if x:
-            if x > 0:
-                self.signal(1, reason=self.up_reason)
-            else:
-                self.signal(self.down, reason=self.down_reason)
+        if x:  # a cross is rare: the target check costs nothing on other bars
+            d = 1 if x > 0 else self.down
+            s = self.symbol_of[i]
+            if d != self.targets[s]:  # e.g. flat after a stop: no exit signal to send
+                self.signal(d, symbol=s, reason=self.up_reason if x > 0 else self.down_reason)
 
 
 class EmaCrossover(MovingAverageCrossover):
@@ -103,6 +103,13 @@ class RsiParams(StrategyParams):
     overbought: float = Field(70.0, gt=0, lt=100)
     exit_level: float = Field(50.0, gt=0, lt=100, description="flatten when RSI crosses back here")
     allow_short: bool = True
+
+    @model_validator(mode="after")
+    def _levels_in_order(self) -> RsiParams:
+        if not self.oversold < self.exit_level < self.overbought:
+            raise ValueError(f"levels must be ordered oversold ({self.oversold}) < exit_level ({self.exit_level}) "
+                             f"< overbought ({self.overbought})")
+        return self
 
 
 class RsiReversion(Strategy):
