@@ -142,6 +142,9 @@ def test_signal_to_fill_path_and_lineage(store, two_runs) -> None:
     assert t.close_id in lin.descendants.column("event_id").to_pylist()
     with pytest.raises(StoreError, match="not a FILL"):
         store.find_signal_to_fill_path(t.exit_order_id)
+    # every event's partition_key is the folder its file is in (the run's start date, not market time)
+    for e in store.trace(t.exit_fill_id).chain + path.chain + lin.ancestors:
+        assert list(store.root.glob(f"{e.partition_key}/{run.run_id}*.parquet")), e.partition_key
 
 
 def test_latency_report_covers_every_type(store, two_runs) -> None:

@@ -21,7 +21,8 @@ def grid(axes: Any, **over: Any) -> dict[str, Any]:
 
 def test_lists_and_inclusive_ranges_expand_to_their_product() -> None:
     g = parse_grid(grid({"fast": [2, 4], "slow": {"start": 10, "stop": 30, "step": 10},
-                         "sizing.quantity": {"start": 0.5, "stop": 1.0, "step": 0.25}}))
+                         "sizing.quantity": {"start": 0.5, "stop": 1.0, "step": 0.25}},
+                        sizing={"fractional": True}))  # fractions of a share must be allowed (config.py)
     assert g.axes["strategy.params.slow"] == [10, 20, 30]
     assert g.axes["sizing.quantity"] == [0.5, 0.75, 1.0]
     valid, invalid = expand(g)

@@ -220,8 +220,3 @@ def migrate(db: Database, *, read_only: bool = False, target: int | None = None)
                 db.execute("INSERT INTO schema_migrations VALUES (?, ?, now())", [m.version, m.description])
                 version = m.version
     return version
-
-
-def refresh_summary(db: Database) -> None:
-    """Nothing to do since schema version 3: the strategy x regime summary is a plain view on both backends,
-    always current. Kept for callers written against version 2 (the sweep runner)."""

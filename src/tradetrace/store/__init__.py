@@ -150,7 +150,7 @@ class EventStore:
 
         reader, seq = self._split(event_id)
         try:
-            return walk_back(reader.lookup, seq)
+            return walk_back(reader.lookup, seq, run_date=reader.record["date"])
         except KeyError:
             raise StoreError(f"unknown event id {event_id!r}") from None
 

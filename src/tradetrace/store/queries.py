@@ -31,7 +31,7 @@ def lineage(reader: RunReader, seq: int) -> EventLineage:
 
     BARs are caused by the run start; they are not listed among RUN_START's descendants (that would
     be the whole run)."""
-    chain = walk_back(reader.lookup, seq, stop_at="RUN_START")
+    chain = walk_back(reader.lookup, seq, stop_at="RUN_START", run_date=reader.record["date"])
     index = reader.index  # non-BAR seq, type, cause: BARs only ever cause non-BAR events
     seqs, causes = index.seq, index.causes
     names = np.array([t.name for t in EventType], dtype=object)
@@ -62,9 +62,9 @@ def signal_to_fill_path(reader: RunReader, seq: int) -> Lineage:
     etype = row.column("event_type")[0].as_py()
     if etype != "FILL":
         raise ValueError(f"event {make_event_id(reader.run_id, seq)} is a {etype}, not a FILL")
-    path = walk_back(reader.lookup, seq, stop_at="SIGNAL")
+    path = walk_back(reader.lookup, seq, stop_at="SIGNAL", run_date=reader.record["date"])
     if path.find("SIGNAL") is None:  # a stop or an end-of-data close: stop at the BAR that triggered it
-        path = walk_back(reader.lookup, seq, stop_at="BAR")
+        path = walk_back(reader.lookup, seq, stop_at="BAR", run_date=reader.record["date"])
     return path
 
 

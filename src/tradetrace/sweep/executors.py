@@ -9,17 +9,29 @@ Market data is loaded once and shared, not copied per task:
 A task returns a `TaskOutcome`. Where the rows go is decided by the runner (see runner.py): with
 PostgreSQL each worker writes its own runs (many writers are fine); with DuckDB (one writer per file)
 workers return the rows and the coordinator writes them in batches.
+
+A worker that dies (killed, out of memory, a crash in native code) fails only the run it held
+("worker crashed: killed by SIGKILL"), a new worker takes its place and the sweep goes on (`_Pool`).
+Ctrl-C or an error recording a run stops the sweep without losing the runs in flight (`_drive`).
+The first workers are forked before the runner's DuckDB writer thread starts (see rowwriter.py). A
+replacement is forked while that thread may be inside DuckDB or Arrow; the worker never uses the
+thread's connection, and replacements happen only after a worker died.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
 from typing import Any
 
 from tradetrace.analytics import etl
@@ -48,8 +60,13 @@ class TaskOutcome:
     records: etl.RunRecords | None  # None when the worker wrote them itself
 
 
+#: What an executor's `run` returns: outcomes as runs finish; `throw()` stops it gently (see `_drive`).
+Outcomes = Generator[TaskOutcome, None, None]
+
 _MARKET: MarketData | None = None  # the sweep's data, inherited by forked workers
 _DB: dict[str, Any] = {}  # per-process connection cache for workers that write themselves
+#: Seconds a worker has to exit (its pipe closed, or terminated) before it is killed.
+_GRACE_S = 5.0
 
 
 def execute(task: RunTask, market: MarketData) -> TaskOutcome:
@@ -75,19 +92,29 @@ def execute(task: RunTask, market: MarketData) -> TaskOutcome:
     row = records.metrics
     outcome = TaskOutcome(task.correlation_id, task.run_hash, row["status"], row["error"],
                           time.perf_counter() - started, records)
-    if task.write_url is not None:
-        _write_here(task.write_url, records)
+    if task.write_url is not None and _write_here(task.write_url, records):
         outcome.records = None
     return outcome
 
 
-def _write_here(url: str, records: etl.RunRecords) -> None:
+def _write_here(url: str, records: etl.RunRecords) -> bool:
+    """Write a run's rows from its worker; False if that failed: the outcome then keeps the rows and the
+    coordinator writes them (runner.py), so the run's row is not lost with the worker's connection."""
     from tradetrace.analytics.db import connect
 
-    db = _DB.get(url)
-    if db is None:
-        db = _DB[url] = connect(url)
-    etl.write_runs(db, [records])
+    try:
+        db = _DB.get(url)
+        if db is None:
+            db = _DB[url] = connect(url)
+        etl.write_runs(db, [records])
+    except Exception as exc:  # the database's error, told on stderr; the next run reconnects
+        stale = _DB.pop(url, None)
+        if stale is not None:
+            stale.close()
+        print(f"tradetrace: run {records.correlation_id}: the worker could not write its rows "
+              f"({_format_crash(exc)}); the coordinator writes them", file=sys.stderr)
+        return False
+    return True
 
 
 def _execute_global(task: RunTask) -> TaskOutcome:
@@ -113,53 +140,247 @@ def _format_crash(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
 
 
+class _Sigint:
+    """Ctrl-C during a sweep, raised only where it loses nothing.
+
+    Python raises KeyboardInterrupt at any bytecode: between reading a finished run's outcome from its
+    worker and handing it over (the run is in the store but its row is lost), or in the middle of
+    reading it (the pipe is left mid-message). While installed, Ctrl-C raises at once only while the
+    coordinator is blocked waiting for workers; elsewhere it is noted and raised at the executor's
+    next safe point (`check`). Installed only over Python's own handler, from the main thread."""
+
+    def __init__(self) -> None:
+        self.waiting = False
+        self.pending = 0  # Ctrl-C noted, not raised yet (a second one stops the runs in flight: see `_drive`)
+        self.installed = False
+
+    def __enter__(self) -> _Sigint:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.installed = False
+        if exc_type is None:
+            self.check()  # noted after the last safe point: not lost
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.waiting:
+            raise KeyboardInterrupt
+        self.pending += 1
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending -= 1
+            raise KeyboardInterrupt
+
+
+def _drive(step: Callable[[bool, deque[TaskOutcome]], bool], sigint: _Sigint) -> Outcomes:
+    """The executors' common loop. `step(stopping, ready)` starts runs (unless stopping), blocks until
+    some finish and appends their outcomes to `ready` as it reads each (so none is lost if it raises
+    after); False once nothing is in flight and nothing is left to start.
+
+    An exception raised while stepping (Ctrl-C while waiting) or thrown in by the caller at a `yield` (it
+    could not record an outcome) stops the sweep gently: no run starts any more, the runs in flight finish
+    and are still yielded (their events are in the store, their rows belong in the database), then the
+    exception propagates. A second one while finishing propagates at once."""
+    ready: deque[TaskOutcome] = deque()
+    stop: BaseException | None = None
+    while True:
+        try:
+            sigint.check()
+            if ready:
+                yield ready.popleft()
+                continue
+            if not step(stop is not None, ready):
+                break
+        except GeneratorExit:  # the caller left without taking the rest: nothing would record it
+            raise
+        except BaseException as exc:
+            if stop is not None:
+                raise
+            stop = exc
+            if isinstance(exc, KeyboardInterrupt):
+                print("tradetrace: interrupted: the runs in flight finish and are recorded "
+                      "(Ctrl-C again stops them)", file=sys.stderr)
+    if stop is not None:
+        raise stop
+
+
 class ProcessExecutor:
-    """A local pool of forked processes sharing the parent's market data."""
+    """A local pool of forked processes sharing the parent's market data (see `_Pool`)."""
 
     name = "process"
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
 
-    def run(self, tasks: Iterable[RunTask], market: MarketData) -> Iterator[TaskOutcome]:
+    def run(self, tasks: Iterable[RunTask], market: MarketData) -> Outcomes:
+        """Yield each task's outcome as it finishes; on an exception or Ctrl-C see `_drive`."""
         global _MARKET
         _MARKET = market
-        ctx = mp.get_context("fork")
-        tasks = list(tasks)
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
-        finished = False
+        todo = deque(tasks)
+        with _Sigint() as sigint:
+            pool = _Pool(min(self.workers, len(todo)), sigint)  # forked before the runner's writer thread starts
+            finished = False
+
+            def step(stopping: bool, ready: deque[TaskOutcome]) -> bool:
+                if not stopping:
+                    pool.dispatch(todo)
+                if not pool.busy():
+                    return False
+                pool.collect(ready)
+                if not stopping:  # the freed workers start their next runs before these outcomes are recorded
+                    pool.dispatch(todo)
+                return True
+
+            try:
+                yield from _drive(step, sigint)
+                finished = True
+            finally:
+                pool.close(wait=not finished)
+                _MARKET = None
+
+
+@dataclass
+class _Worker:
+    process: Any  # a forked multiprocessing Process
+    conn: Connection  # the coordinator's end of this worker's own pipe
+    task: RunTask | None = None  # the run it holds: sent, its outcome not read yet
+
+
+class _Pool:
+    """Forked workers, each with its own pipe and one run at a time.
+
+    Why not ProcessPoolExecutor: when one of its workers dies it fails every pending future (the runs of
+    the live workers and queued runs that never started), terminates the other workers, and its
+    shutdown could wait forever on a live worker blocked writing a result into a pipe nobody reads any
+    more. Here the coordinator knows which run each worker holds: a dead worker fails only its own run
+    and is replaced, and the coordinator reads every busy worker's pipe, so no worker blocks on it.
+    """
+
+    def __init__(self, size: int, sigint: _Sigint) -> None:
+        self.ctx = mp.get_context("fork")
+        self.sigint = sigint
+        self.workers: list[_Worker] = []
+        for _ in range(size):
+            self.workers.append(self._spawn())
+
+    def _spawn(self) -> _Worker:
+        parent, child = self.ctx.Pipe()
+        inherited = [parent, *(w.conn for w in self.workers)]  # closed in the child: each pipe has one reader
+        # SIGINT stays blocked across the fork, so no Ctrl-C lands in a worker before it ignores it (_serve).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            # Bounded in flight: an interrupted sweep loses at most a few queued runs.
-            it = iter(tasks)
-            pending: dict[Future, RunTask] = {}
-            for task in it:
-                pending[pool.submit(_execute_global, task)] = task
-                if len(pending) >= self.workers * 2:
-                    break
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    task = pending.pop(fut)
-                    yield self._outcome(fut, task)
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending[pool.submit(_execute_global, nxt)] = nxt
-            finished = True
+            proc = self.ctx.Process(target=_serve, args=(child, inherited), name="tradetrace-sweep-worker")
+            proc.start()
         finally:
-            # Every outcome is in: the workers exit on their own (their runs are durable, they hold no
-            # database), and the sweep does not wait for them to tear down their address spaces (13-24 ms
-            # of serial tail with 2 workers). Interrupted or failing, it waits: nothing outlives the sweep
-            # half-done.
-            pool.shutdown(wait=not finished, cancel_futures=True)
-            _MARKET = None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child.close()
+        return _Worker(proc, parent)
+
+    def busy(self) -> bool:
+        return any(w.task is not None for w in self.workers)
+
+    def dispatch(self, todo: deque[RunTask]) -> None:
+        """Give the next tasks to the idle workers (replacing a dead one first)."""
+        for w in self.workers:
+            if not todo:
+                return
+            if w.task is None:
+                if not w.process.is_alive():
+                    self._replace(w)
+                try:
+                    w.conn.send(todo[0])
+                except OSError:  # it died idle since the check above
+                    self._replace(w)
+                    w.conn.send(todo[0])
+                w.task = todo.popleft()
+
+    def collect(self, ready: deque[TaskOutcome]) -> None:
+        """Block until busy workers hand back outcomes or die; append those outcomes to `ready`. An outcome
+        that arrived is kept even if its worker died afterwards; a worker that died holding a run fails it."""
+        busy = [w for w in self.workers if w.task is not None]
+        self.sigint.waiting = True
+        try:
+            wait_ready([w.conn for w in busy] + [w.process.sentinel for w in busy])
+        finally:
+            self.sigint.waiting = False
+        for w in busy:
+            assert w.task is not None
+            if w.conn.poll():
+                try:
+                    ready.append(w.conn.recv())
+                    w.task = None
+                    continue
+                except (EOFError, OSError):  # the pipe closed before a whole outcome: the worker died
+                    pass
+                except Exception as exc:  # a whole message that does not load: the run is failed, not lost
+                    ready.append(_crashed(w.task, f"worker's outcome unreadable: {_format_crash(exc)}"))
+                    w.task = None
+                    continue
+            elif w.process.is_alive():
+                continue
+            ready.append(_crashed(w.task, f"worker crashed: {self._reap(w)}"))
+            w.task = None
 
     @staticmethod
-    def _outcome(fut: Future, task: RunTask) -> TaskOutcome:
-        exc = fut.exception()
-        if exc is None:
-            return fut.result()
-        # The worker process itself died (e.g. killed): the run is failed, the sweep goes on.
-        return _crashed(task, f"worker crashed: {_format_crash(exc)}")
+    def _reap(w: _Worker) -> str:
+        """Let a dead or dying worker exit (bounded: killed after a grace period), say why it ended."""
+        w.conn.close()
+        w.process.join(_GRACE_S)
+        if w.process.exitcode is None:
+            w.process.kill()
+            w.process.join()
+        code = w.process.exitcode
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+
+    def _replace(self, w: _Worker) -> None:
+        self._reap(w)
+        new = self._spawn()
+        w.process, w.conn = new.process, new.conn
+
+    def close(self, wait: bool) -> None:
+        """End the workers. An idle worker exits when its pipe closes; one still holding a run (stopped a
+        second time, or the caller left) is terminated: its run ends failed in the store. A finished
+        sweep does not wait for its workers to tear down their address spaces (13-24 ms of serial tail
+        with 2 workers): their runs are durable and they hold no database. Otherwise it waits (bounded):
+        nothing outlives the sweep half-done."""
+        for w in self.workers:
+            if w.task is not None:
+                w.process.terminate()
+                wait = True
+            w.conn.close()
+        if wait:
+            for w in self.workers:
+                w.process.join(_GRACE_S)
+                if w.process.exitcode is None:
+                    w.process.kill()
+                    w.process.join()
+
+
+def _serve(conn: Connection, inherited: list[Connection]) -> None:
+    """A worker: run the tasks sent on `conn`, one at a time, until the coordinator closes it.
+
+    Ctrl-C is ignored here: it is the coordinator's to handle (it lets the runs in flight finish and
+    records them). A terminal sends it to every process of the group, and a run cut short here would
+    leave its events without a row."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for c in inherited:
+        c.close()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the sweep is over
+            for db in _DB.values():
+                db.close()
+            return
+        conn.send(_execute_global(task))
 
 
 def _ray_execute(market: MarketData, task: RunTask) -> TaskOutcome:
@@ -175,7 +396,7 @@ class RayExecutor:
         self.workers = workers
         self.address = address
 
-    def run(self, tasks: Iterable[RunTask], market: MarketData) -> Iterator[TaskOutcome]:
+    def run(self, tasks: Iterable[RunTask], market: MarketData) -> Outcomes:
         try:
             import ray
         except ImportError:
@@ -191,25 +412,31 @@ class RayExecutor:
         try:
             market_ref = ray.put(market)  # once: tasks read it from the object store, zero-copy
             remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
-            tasks = list(tasks)
             limit = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
-            it = iter(tasks)
+            todo = deque(tasks)
             pending: dict[Any, RunTask] = {}
-            for task in it:
-                pending[remote.remote(market_ref, task)] = task
-                if len(pending) >= limit:
-                    break
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                ref = done[0]
-                task = pending.pop(ref)
+
+            def step(stopping: bool, ready: deque[TaskOutcome]) -> bool:
+                while not stopping and todo and len(pending) < limit:
+                    task = todo.popleft()
+                    pending[remote.remote(market_ref, task)] = task
+                if not pending:
+                    return False
+                sigint.waiting = True
                 try:
-                    yield ray.get(ref)
+                    ref = ray.wait(list(pending), num_returns=1)[0][0]
+                finally:
+                    sigint.waiting = False
+                try:
+                    out = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    yield _crashed(task, f"ray task failed: {_format_crash(exc)}")
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[remote.remote(market_ref, nxt)] = nxt
+                    out = _crashed(pending[ref], f"ray task failed: {_format_crash(exc)}")
+                ready.append(out)
+                del pending[ref]
+                return True
+
+            with _Sigint() as sigint:
+                yield from _drive(step, sigint)
         finally:
             if started_here:
                 ray.shutdown()

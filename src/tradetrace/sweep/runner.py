@@ -10,7 +10,12 @@ Who writes the database (DuckDB allows one writing process per file):
   the only one that opens the file) loads them from a background thread while runs go on
   (`rowwriter.py`), so little is left to write once the last run ends.
 - PostgreSQL: every worker writes its own runs as they finish, one transaction per run (COPY), so a
-  sweep over many machines needs no funnel; the coordinator only counts.
+  sweep over many machines needs no funnel; the coordinator only counts, and writes the row of a run
+  whose worker could not (it died, its write failed, its Ray task failed).
+
+A run whose worker dies is recorded as failed ("worker crashed: ..."); the sweep goes on. Interrupted
+(Ctrl-C, or an error recording a run), a sweep starts no more runs but records the ones in flight before
+it stops: every completed run in the event store has its row, and a resume reruns nothing that completed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tradetrace.analytics import schema
+from tradetrace.analytics import etl
 from tradetrace.analytics.db import Database, connect, is_postgres
 from tradetrace.config import ClassifierConfig, RunConfig
 from tradetrace.engine import classifiers
@@ -30,7 +35,7 @@ from tradetrace.engine.backtest import load_data
 from tradetrace.events.event import new_run_id
 from tradetrace.paths import database_url, events_dir
 from tradetrace.store import market as market_sets
-from tradetrace.sweep.executors import RunTask, TaskOutcome, make_executor
+from tradetrace.sweep.executors import Outcomes, RunTask, TaskOutcome, make_executor
 from tradetrace.sweep.grid import Combination, Grid, expand, load_grid, parse_grid
 from tradetrace.sweep.rowwriter import RowWriter
 
@@ -139,6 +144,26 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
              for c in todo]
     market = load_data(todo[0].config)  # data is the same for every combination (it is not a grid key)
     writer = None if direct else RowWriter(url)
+    late: list[Database] = []  # PostgreSQL: the coordinator's connection, opened for the rows workers could not write
+
+    def record(out: TaskOutcome) -> None:
+        if out.status == "completed":
+            summary.completed += 1
+        else:
+            summary.failed += 1
+            if len(summary.errors) < 5:
+                summary.errors.append(f"{out.correlation_id}: {out.error}")
+        if out.records is None:  # written by its worker
+            return
+        if writer is not None:
+            writer.add(out.records)
+            if summary.workers > 1 and len(tasks) - summary.ran == summary.workers - 1:  # a worker is idle now
+                writer.flush_now()
+        else:
+            if not late:
+                late.append(connect(url, migrate=False))
+            write_unless_present(late[0], out.records)
+
     started = time.perf_counter()
     try:
         # Labels of the classifiers every combination shares, computed once here rather than once per
@@ -147,24 +172,43 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
         cfg0 = todo[0].config
         if cfg0.tracing.enabled and cfg0.store.enabled:  # the data set's BAR prices, stored once for every run
             market_sets.ensure(events_dir(cfg0.store.path), market, cfg0.store.compression)
-        for out in ex.run(tasks, market):
-            if out.status == "completed":
-                summary.completed += 1
-            else:
-                summary.failed += 1
-                if len(summary.errors) < 5:
-                    summary.errors.append(f"{out.correlation_id}: {out.error}")
-            if writer is not None and out.records is not None:
-                writer.add(out.records)
-                if summary.workers > 1 and len(tasks) - summary.ran == summary.workers - 1:  # a worker is idle now
-                    writer.flush_now()
-            if on_outcome is not None:
-                on_outcome(out)
+        consume(ex.run(tasks, market), record, on_outcome)
     finally:
         if writer is not None:
             writer.close()
         summary.elapsed_s = time.perf_counter() - started
-        if direct:  # PostgreSQL's summary is a materialized view; DuckDB's is a plain view, always current
-            with connect(url) as db:  # (opening the DuckDB file again only to do nothing took ~20 ms)
-                schema.refresh_summary(db)
+        for db in late:
+            db.close()
     return summary
+
+
+def consume(outcomes: Outcomes, record: OnOutcome, notify: OnOutcome | None) -> None:
+    """`record` every outcome, then tell `notify` (the progress bar).
+
+    If either raises, the exception is thrown into the executor: it starts no more runs and still hands
+    over the runs in flight, which are recorded (their events are in the store: their rows belong in the
+    database; `notify` is not told any more), then the exception propagates. A second one stops at once.
+    """
+    stopping = False
+    try:
+        out = next(outcomes, None)
+        while out is not None:
+            try:
+                record(out)
+                if notify is not None and not stopping:
+                    notify(out)
+                out = next(outcomes, None)
+            except BaseException as exc:
+                if stopping:
+                    raise
+                stopping = True
+                out = outcomes.throw(exc)
+    finally:
+        outcomes.close()
+
+
+def write_unless_present(db: Database, records: etl.RunRecords) -> None:
+    """Write the rows of a run its PostgreSQL worker did not write (it died, its write failed, its Ray task
+    failed), unless they are there: a worker killed right after its commit did write them."""
+    if not db.scalar("SELECT count(*) FROM optimization_runs WHERE correlation_id = ?", [records.correlation_id]):
+        etl.write_runs(db, [records])
