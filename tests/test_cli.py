@@ -147,6 +147,15 @@ def test_store_path_that_is_a_file_exits_2(tmp_path: Path, isolated_home: Path) 
     assert "'store.path'" in line and "is a file, not a folder" in line
 
 
+def test_events_env_var_that_is_a_file_exits_2(tmp_path: Path, isolated_home: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    cfg = _write(tmp_path, GOOD)
+    r = cli(["run", str(cfg)], isolated_home, TRADETRACE_EVENTS=str(tmp_path / "afile"))
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "(TRADETRACE_EVENTS)" in line and "is a file, not a folder" in line
+
+
 def test_config_that_is_a_folder_or_not_utf8_exits_2(tmp_path: Path, isolated_home: Path) -> None:
     r = cli(["run", str(tmp_path)], isolated_home)
     assert r.returncode == 2, r.stderr
@@ -247,3 +256,15 @@ def test_run_name_is_printed_as_is_not_as_markup(tmp_path: Path, isolated_home: 
     r = cli(["run", str(cfg), "--no-store"], isolated_home, COLUMNS="120")
     assert r.returncode == 0, r.stderr
     assert "[red]x[/red]" in r.stdout
+
+
+def test_a_sampled_run_reports_the_reduction(tmp_path: Path, isolated_home: Path) -> None:
+    """Sampling is opt-in; the run says how many of its events the store kept, in text and in --json."""
+    cfg = _write(tmp_path, GOOD + "store: {sampling: {enabled: true}}\n")
+    r = cli(["run", str(cfg)], isolated_home)
+    assert r.returncode == 0, r.stderr
+    assert "stored by sampling" in r.stdout and "x fewer" in r.stdout
+    j = json.loads(cli(["run", str(cfg), "--json"], isolated_home).stdout)
+    assert 0 < j["stored_event_count"] < j["event_count"]
+    plain = json.loads(cli(["run", str(_write(tmp_path, GOOD, "plain.yaml")), "--json"], isolated_home).stdout)
+    assert "stored_event_count" not in plain

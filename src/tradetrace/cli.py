@@ -121,10 +121,16 @@ def run(
         raise fail(_not_recorded(config, cfg, run_id, str(exc))) from None
     except (ConfigError, DataError, ValueError) as exc:
         raise fail(f"{config}: {exc}") from None
+    stored = _stored_count(cfg, result.run_id)
     if as_json:
-        print(json.dumps(_json(result, cfg.tracing.enabled), default=str))
+        d = _json(result, cfg.tracing.enabled)
+        if stored is not None:
+            d["stored_event_count"] = stored
+        print(json.dumps(d, default=str))
         return
-    out.print(f"run id: {result.run_id}  ({result.status}, {result.event_count:,} events)", highlight=False)
+    kept = "" if stored is None else (f", {stored:,} stored by sampling: "
+                                      f"{result.event_count / max(stored, 1):.1f}x fewer")
+    out.print(f"run id: {result.run_id}  ({result.status}, {result.event_count:,} events{kept})", highlight=False)
     out.print(metrics_table(result))
     if trace_one and result.closed_trades:
         t = result.trades.iloc[0]
@@ -145,6 +151,15 @@ def _json(result: BacktestResult, traced: bool) -> dict[str, Any]:
         for t in (*d["trades"], *d.get("open_positions", ())):
             t.update({k: None for k in t if k.endswith("_id")})
     return d
+
+
+def _stored_count(cfg: RunConfig, run_id: str) -> int | None:
+    """Events the store kept of a sampled run (the reduction sampling achieved); None if it was not sampled."""
+    if not (cfg.tracing.enabled and cfg.store.enabled and cfg.store.sampling.enabled):
+        return None
+    from tradetrace.store import EventStore
+
+    return int(EventStore(cfg.store.path).run(run_id)["stored_count"])
 
 
 def _not_recorded(config: Path, cfg: RunConfig, run_id: str, why: str) -> str:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from tradetrace import strategies
+from tradetrace.paths import folder_problem
 
 
 class ConfigError(ValueError):
@@ -274,14 +275,6 @@ class RunConfig(_Strict):
 
     def strategy_class(self) -> type[strategies.Strategy]:
         return strategies.get(self.strategy.type)
-
-
-def folder_problem(path: Path) -> str | None:
-    """Why `path` cannot be (or become) a folder: it, or the first of its parents that exists, is a file."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    return None
 
 
 def _loc(loc: tuple) -> str:

@@ -26,3 +26,11 @@ def database_url(configured: str | None = None) -> str:
     if configured:
         return configured
     return os.environ.get("TRADETRACE_DB") or str(data_home() / "analytics.duckdb")
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (or become) a folder: it, or the first of its parents that exists, is a file."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    return None

@@ -286,3 +286,11 @@ def test_etl_skips_a_stored_run_whose_id_is_not_a_uuid(db_url: str) -> None:
     assert "not loaded: run 'kill-thread': its id is not a UUID" in " ".join(res.output.split())
     with connect(db_url) as db:
         assert [str(r[0]) for r in db.query("SELECT correlation_id FROM optimization_runs")[1]] == [rid]
+
+
+def test_sql_table_prints_values_as_text_not_markup(db_url: str) -> None:
+    """A value with brackets (a strategy name, a parameter, a reason) is printed as it is, not as rich markup."""
+    seed_runs(db_url, n=2)
+    res = runner.invoke(app, ["sql", "SELECT '[bold]x[/bold]' AS v, '[/oops]' AS w", "--db", db_url])
+    assert res.exit_code == 0, res.output
+    assert "[bold]x[/bold]" in res.output and "[/oops]" in res.output

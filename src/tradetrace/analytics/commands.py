@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from tradetrace.analytics.queries import SORTABLE, top_runs
 
@@ -47,7 +48,7 @@ def _print_rows(cols: list[str], rows: list[tuple], as_json: bool, title: str | 
     for c in cols:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*(_cell(v) for v in r))
+        t.add_row(*(Text(_cell(v)) for v in r))  # values as text: a strategy name or parameter is never markup
     out.print(t)
 
 

@@ -8,6 +8,7 @@ partitioning decision: `layout.py`; encodings: `codec.py`; BAR prices stored onc
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from tradetrace.events.event import parse_event_id
 from tradetrace.events.lineage import Lineage
 from tradetrace.events.recorder import Recorder
 from tradetrace.events.types import EventType
-from tradetrace.paths import events_dir
+from tradetrace.paths import events_dir, folder_problem
 from tradetrace.store import maintenance, queries
 from tradetrace.store.layout import DamagedRun, StoreError, StoreWarning, check_run_id
 from tradetrace.store.reader import RunReader, concat_by_seq, market_ns, run_record
@@ -44,6 +45,10 @@ class EventStore:
             raise StoreError(f"compression {compression!r} not one of zstd, snappy")
         tune_malloc()  # once per process: a run's load allocates hundreds of MB (see allocator.py)
         self.root = events_dir(str(root) if root is not None else None)
+        problem = folder_problem(self.root)
+        if problem:  # e.g. TRADETRACE_EVENTS pointing at a file: one line here, not an OSError from the writer
+            source = "" if root is not None or not os.environ.get("TRADETRACE_EVENTS") else " (TRADETRACE_EVENTS)"
+            raise StoreError(f"event store {self.root}{source}: {problem}")
         self.compression = compression
 
     def __repr__(self) -> str:

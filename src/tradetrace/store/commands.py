@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
     def trace(event_id: str = typer.Argument(..., help="<run id>:<seq>"), root: Optional[str] = root_opt) -> None:  # noqa: UP045
         """Why did this event happen: its causation chain back to the BAR that started it."""
         try:
-            out.print(str(_store(root).trace(event_id)), highlight=False)
+            out.print(str(_store(root).trace(event_id)), markup=False, highlight=False)
         except StoreError as exc:
             raise fail(str(exc)) from None
 

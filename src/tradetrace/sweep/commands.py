@@ -72,9 +72,9 @@ def optimize(
               f"{summary.failed} failed, {summary.skipped} skipped (already done), {summary.invalid} invalid; "
               f"{summary.runs_per_s:.2f} runs/s with {summary.workers} {summary.executor} worker(s)", highlight=False)
     for line in summary.invalid_examples:
-        out.print(f"  invalid: {line}", highlight=False)
+        out.print(f"  invalid: {line}", markup=False, highlight=False)
     for line in summary.errors:
-        out.print(f"  failed: {line}", highlight=False)
+        out.print(f"  failed: {line}", markup=False, highlight=False)
     out.print(f"top runs: tradetrace runs --sweep {summary.sweep_id} --top 10 --by sharpe", highlight=False)
 
 
