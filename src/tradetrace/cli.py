@@ -12,7 +12,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import typer
 from rich.console import Console
@@ -115,7 +115,7 @@ def run(
             result = run_backtest(cfg, market=md, correlation_id=run_id)
     except RunFailed as exc:
         if as_json:
-            print(json.dumps(_json(exc.result, cfg.tracing.enabled), default=str))
+            print(json.dumps(exc.result.to_dict(), default=str))
         raise fail(str(exc), 1) from None
     except DatabaseError as exc:  # the database is written last: the run and its events are done
         raise fail(_not_recorded(config, cfg, run_id, str(exc))) from None
@@ -123,7 +123,7 @@ def run(
         raise fail(f"{config}: {exc}") from None
     stored = _stored_count(cfg, result.run_id)
     if as_json:
-        d = _json(result, cfg.tracing.enabled)
+        d = result.to_dict()  # event ids are null when tracing was off (no events to point to)
         if stored is not None:
             d["stored_event_count"] = stored
         print(json.dumps(d, default=str))
@@ -142,15 +142,6 @@ def run(
         out.print(f"\nevents stored; explore them:\n  tradetrace events {run} --type FILL --limit 5\n"
                   f"  tradetrace trace {run}:<seq>\n  tradetrace latency {run}\n  tradetrace runs --top 10 --by sharpe",
                   markup=False, highlight=False)
-
-
-def _json(result: BacktestResult, traced: bool) -> dict[str, Any]:
-    """The run as JSON; event ids are null when tracing was off (no events were recorded for them)."""
-    d = result.to_dict()
-    if not traced:
-        for t in (*d["trades"], *d.get("open_positions", ())):
-            t.update({k: None for k in t if k.endswith("_id")})
-    return d
 
 
 def _stored_count(cfg: RunConfig, run_id: str) -> int | None:

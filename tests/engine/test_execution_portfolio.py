@@ -245,3 +245,14 @@ def test_accounting_identities_on_a_multi_symbol_run() -> None:
     assert out["unrealized_pnl"] == pytest.approx(res.unrealized_pnl)
     assert [p["symbol"] for p in out["open_positions"]] == [p["symbol"] for p in res.open_positions]
     assert all(p["entry_event_id"].startswith(res.run_id + ":") for p in out["open_positions"])
+
+
+def test_untraced_result_points_to_no_events() -> None:
+    """With tracing off nothing was recorded: the result's trades and open positions carry no event ids."""
+    res = run_backtest({"data": {"synthetic": {"bars": 3_000, "seed": 4}},
+                        "strategy": {"type": "sma_crossover", "params": {"fast": 5, "slow": 20}},
+                        "tracing": {"enabled": False}, "store": {"enabled": False}, "database": {"enabled": False}})
+    d = res.to_dict()
+    assert d["trades"] and d["open_positions"]
+    for row in (*d["trades"], *d["open_positions"]):
+        assert all(v is None for k, v in row.items() if k.endswith("_id"))
