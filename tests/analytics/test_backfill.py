@@ -75,3 +75,23 @@ def test_a_single_run_stores_an_absolute_event_path_and_etl_keeps_its_row(db_url
     for _ in range(2):
         etl(db_url)
         assert runs_table(db_url) == written
+
+
+def test_etl_rebuilds_a_single_valued_grid_key_from_the_runs_manifest(db_url: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid key with one value is in no run's config difference: the store keeps the sweep's values and
+    run_hash with each run (its manifest), so rows the database lost come back whole."""
+    monkeypatch.chdir(tmp_path)
+    grid = {"name": "one-valued", "data": {"synthetic": {"bars": 3000, "seed": 12}},
+            "strategy": {"type": "sma_crossover", "params": {"slow": 20}},
+            "database": {"url": db_url}, "grid": {"fast": [4, 6], "risk.stop_loss_pct": [1.5]}}
+    summary = run_sweep(grid, workers=1)
+    assert summary.completed == 2
+    swept = runs_table(db_url)
+    with connect(db_url) as db:
+        params = [json.loads(p) if isinstance(p, str) else p
+                  for (p,) in db.query("SELECT parameters FROM optimization_runs")[1]]
+        db.execute("DELETE FROM optimization_runs")
+    assert all(p["risk.stop_loss_pct"] == 1.5 for p in params)
+    etl(db_url)
+    assert runs_table(db_url) == swept

@@ -5,13 +5,12 @@ Why: the database is a derived summary; the event store is the record. Any run t
 events with the same code as the end-of-run sink, and reloading a run replaces its rows (idempotent).
 
 Same rows as the sink wrote: the run's manifest holds its config (initial cash, annualization, strategy
-type) and sweep id. Two things a sweep adds are in neither the events nor the manifest: its `run_hash`
-(resume depends on it) and the grid values outside the strategy params (dotted keys such as
-`risk.stop_loss_pct`, stored in `parameters`). A run the database already has keeps both from its row. A
-run it lacks (or whose row lacks them) gets the hash recomputed with the sweep's own function (when the
-data files are not newer than the run; else none, and a resumed sweep reruns it), and as dotted keys the
-config values that differ between the runs of its sweep in the store (a grid key with a single value
-cannot be told from the base config: it is left out).
+type), sweep id, and what only the sweep knew: its `run_hash` (resume depends on it) and its grid values
+outside the strategy params (`sweep_values`, dotted keys such as `risk.stop_loss_pct`, stored in
+`parameters`). A run the database already has keeps both from its row. Runs stored before manifests kept
+them get the hash recomputed with the sweep's own function (when the data files are not newer than the
+run; else none, and a resumed sweep reruns it), and as dotted keys the config values that differ between
+the runs of its sweep in the store (a grid key with a single value cannot be told from the base config).
 """
 
 from __future__ import annotations
@@ -114,8 +113,9 @@ def backfill(db: Database, store: Any, run_ids: Iterable[str] | None = None,
         manifest = run_record(root, rid)
         # What only the sweep knew is kept from the row it wrote, else derived (see the module docstring).
         run_hash, extra = known.get(rid, (None, {}))
-        run_hash = run_hash or _sweep_hash(manifest)
-        extra = extra or swept.values(manifest)
+        run_hash = run_hash or manifest.get("run_hash") or _sweep_hash(manifest)
+        if not extra:
+            extra = manifest["sweep_values"] if manifest.get("sweep_values") is not None else swept.values(manifest)
         meta = meta_of(manifest, path, run_hash=run_hash, extra_params=extra)
         events = store.load_events(rid)
         try:

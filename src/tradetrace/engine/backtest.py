@@ -155,14 +155,17 @@ def _failing_container(exc: BaseException) -> str:
 
 def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData | None = None,
                  strategy: Strategy | None = None, recorder: Recorder | None = None,
-                 correlation_id: str | None = None, sweep_id: str | None = None,
+                 correlation_id: str | None = None, sweep_id: str | None = None, run_hash: str | None = None,
+                 sweep_values: dict[str, Any] | None = None,
                  progress: Progress | None = None, record_db: bool = True) -> BacktestResult:
     """Run one traced backtest.
 
     `config` is a RunConfig, a dict or a YAML path. `market` skips loading data (sweeps share it);
     `strategy` supplies a strategy instance (for strategies not in the registry); `recorder`
     receives the traced events (default: the event store when `store.enabled`, else memory).
-    `record_db=False` leaves writing the analytics database to the caller (sweeps batch it).
+    `record_db=False` leaves writing the analytics database to the caller (sweeps batch it). A sweep also
+    gives `run_hash` and `sweep_values` (its grid values outside the strategy params): the event store keeps
+    them with the run, so `tradetrace etl` rebuilds its database row exactly.
     """
     tune_malloc()  # once per process: see allocator.py
     cfg = as_config(config)
@@ -193,7 +196,7 @@ def run_backtest(config: RunConfig | dict[str, Any] | str, *, market: MarketData
 
     params = strat.p.model_dump(mode="json")
     info = RunInfo(run_id, cfg.name, strat.name or type(strat).__name__, params, sweep_id,
-                   cfg.model_dump(mode="json"), bus.anchor_wall_ns)
+                   cfg.model_dump(mode="json"), bus.anchor_wall_ns, run_hash, sweep_values)
     if recorder is not None and traced:
         recorder.begin(info, md)
 

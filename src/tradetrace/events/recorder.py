@@ -40,6 +40,10 @@ class RunInfo:
     sweep_id: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     started_wall_ns: int = 0
+    # What only a sweep knows of its run: the hash it resumes by and its grid values outside the strategy
+    # params (dotted keys); kept with the run so that its database row can be rebuilt exactly from the store.
+    run_hash: str | None = None
+    sweep_values: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -305,7 +305,8 @@ class StoreRecorder:
             raise layout.StoreError(f"run {self.run_id} already exists in the event store {self.root}")
         layout.write_json(mpath, {
             "run_id": self.run_id, "name": info.name, "strategy": info.strategy, "params": info.params,
-            "config": info.config, "sweep_id": info.sweep_id, "status": "running", "reason": None, "date": self.date,
+            "config": info.config, "sweep_id": info.sweep_id, "run_hash": info.run_hash,
+            "sweep_values": info.sweep_values, "status": "running", "reason": None, "date": self.date,
             "started_wall_ns": started, "ended_wall_ns": None, "pid": os.getpid(), "host": socket.gethostname(),
             "compression": self.compression, "market_set": self.market_set,
             "sampling": None if self.sampling is None else {

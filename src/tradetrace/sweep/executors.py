@@ -83,7 +83,7 @@ def execute(task: RunTask, market: MarketData) -> TaskOutcome:
             cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"writer": "thread"})})
         try:
             result = run_backtest(cfg, market=market, correlation_id=task.correlation_id, sweep_id=task.sweep_id,
-                                  record_db=False)
+                                  run_hash=task.run_hash, sweep_values=extra, record_db=False)
         except RunFailed as exc:
             result = exc.result
         records = sink.records_for(cfg, result, run_hash=task.run_hash, extra_params=extra)
