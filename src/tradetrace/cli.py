@@ -35,10 +35,10 @@ PROGRESS_MIN_BARS = 200_000  # show a progress bar on runs at least this long
 @app.callback()
 def _root() -> None:
     """Event-driven backtests you can explain."""
-    warnings.showwarning = _show_warning
+    warnings.showwarning = show_warning
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """Warnings as one line each (`warning: <file>: row N ...`): Python's default format adds the warning's
     source file and line, which says nothing to someone running a config. Library users keep the

@@ -16,18 +16,15 @@ the runs of its sweep in the store (a grid key with a single value cannot be tol
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tradetrace.analytics import etl
 from tradetrace.analytics.db import Database
+from tradetrace.events.event import is_run_id
 
 BATCH_RUNS = 64
-#: A run id the database can key: a UUID in canonical lowercase form, as the engine gives runs (stores made
-#: before it checked may hold others).
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class BackfillError(ValueError):
@@ -64,7 +61,7 @@ def check_request(store: Any, run_ids: Iterable[str] | None) -> list[str] | None
         return None
     ids = list(dict.fromkeys(run_ids))
     for rid in ids:
-        if not _UUID.match(rid):
+        if not is_run_id(rid):
             raise BackfillError(f"run id {rid!r}: not a UUID in canonical lowercase form (the analytics database "
                                 "keys runs by UUID)")
         try:
@@ -100,10 +97,10 @@ def backfill(db: Database, store: Any, run_ids: Iterable[str] | None = None,
     path = str(root.resolve())
     records = run_records(store)
     chosen = [r for r in records if wanted is None or str(r.get("run_id")) in wanted]
-    for rec in [r for r in chosen if not _UUID.match(str(r.get("run_id")))]:
+    for rec in [r for r in chosen if not is_run_id(r.get("run_id"))]:
         skipped.append(f"run {rec.get('run_id')!r}: its id is not a UUID in canonical lowercase form (the analytics "
                        "database keys runs by UUID)")
-    chosen = [r for r in chosen if _UUID.match(str(r.get("run_id")))]
+    chosen = [r for r in chosen if is_run_id(r.get("run_id"))]  # stores made before ids were checked
     known = _known_rows(db, [str(r.get("run_id")) for r in chosen])
     swept = _SweptKeys(root, records)
     batch: list[etl.RunRecords] = []
@@ -183,7 +180,7 @@ class _SweptKeys:
         self.root = root
         self.members: dict[str, list[str]] = {}
         for r in records:
-            if r.get("sweep_id") and _UUID.match(str(r.get("run_id"))):
+            if r.get("sweep_id") and is_run_id(r.get("run_id")):
                 self.members.setdefault(str(r["sweep_id"]), []).append(str(r["run_id"]))
         self.keys: dict[str, list[str]] = {}
 

@@ -67,16 +67,20 @@ def new_run_id() -> str:
     return str(uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand))
 
 
+def is_run_id(value: object) -> bool:
+    """Whether `value` is a run id: a UUID string in canonical lowercase form (see `check_run_id`)."""
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 def check_run_id(value: str) -> str:
     """`value` if it is a run id as DESIGN.md defines it (a UUID string in canonical lowercase form), else a
     one-line ValueError naming it. Why strict: the analytics tables key runs by a UUID column, and the event
     store names files by the id's exact text, so "ABC..." and "abc..." must not be two runs in one and one
     run in the other."""
-    try:
-        ok = isinstance(value, str) and str(uuid.UUID(value)) == value
-    except ValueError:
-        ok = False
-    if not ok:
+    if not is_run_id(value):
         raise ValueError(f"correlation_id {value!r} is not a run id: expected a UUID in canonical lowercase form, "
                          f"e.g. {new_run_id()!r}")
     return value

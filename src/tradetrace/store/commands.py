@@ -28,15 +28,13 @@ def _store(root: str | None) -> EventStore:
 def _warned(call: Callable[[], T]) -> tuple[T, int]:
     """`call()`, its warnings printed one per line on stderr; and how many were StoreWarnings (a damaged run left
     alone)."""
-    from rich.text import Text
-
-    from tradetrace.cli import console
+    from tradetrace.cli import show_warning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = call()
     for w in caught:
-        console.print(Text.assemble(("warning:", "bold yellow"), f" {w.message}"), highlight=False, soft_wrap=True)
+        show_warning(w.message, w.category, w.filename, w.lineno)
     return result, sum(issubclass(w.category, StoreWarning) for w in caught)
 
 
