@@ -42,6 +42,22 @@ def test_normal_end_keeps_every_event_and_per_type_counts(store: EventStore) -> 
     assert store.verify(res.run_id)[0]["ok"]
 
 
+
+def test_the_manifest_is_made_durable_before_the_first_segment_counts(store: EventStore,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine creates the manifest without syncing it (two fsyncs off the run's thread); the writer syncs it
+    before the first journal line, so no durable segment ever belongs to a manifest a crash could lose."""
+    calls: list[str] = []
+    make_durable, append_journal = layout.make_durable, layout.append_journal
+    monkeypatch.setattr(layout, "make_durable", lambda path: (calls.append(f"durable {path.name}"),
+                                                              make_durable(path))[1])
+    monkeypatch.setattr(layout, "append_journal", lambda path, rec: (calls.append(f"journal {rec['segment']}"),
+                                                                     append_journal(path, rec))[1])
+    res = tt.run_backtest(run_config(bars=20_000, chunk=2_000, durability_events=4_000, writer="thread"))
+    assert calls[0] == f"durable {res.run_id}.json" and calls[1] == "journal 0"
+    assert calls.count(f"durable {res.run_id}.json") == 1 and len(calls) > 3  # once per run, several segments
+    assert store.run(res.run_id)["status"] == "completed"
+
 class _Boom(MovingAverageCrossover):
     def next(self, i: int) -> None:
         if i == 12_345:

@@ -283,10 +283,24 @@ def _load_syncfs() -> Any:
 _SYNCFS = _load_syncfs()
 
 
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Replace a JSON file atomically and durably."""
+def write_json(path: Path, obj: dict[str, Any], durable: bool = True) -> None:
+    """Replace a JSON file atomically and durably (`durable=False`: atomically only; `make_durable` later)."""
     make_dirs(path.parent)
-    write_durably(path, json.dumps(obj, sort_keys=True, default=str).encode())
+    data = json.dumps(obj, sort_keys=True, default=str).encode()
+    if durable:
+        write_durably(path, data)
+    else:
+        os.replace(_write_tmp(path, data, sync=False), path)
+
+
+def make_durable(path: Path) -> None:
+    """Make a file written with `durable=False` (its bytes and its name) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> dict[str, Any]:
