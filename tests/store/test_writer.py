@@ -218,6 +218,22 @@ def test_writer_process_is_fresh_and_shared_by_runs(store: EventStore) -> None:
     assert argv[1] == b"-c" and b"tradetrace.store.service" in argv[2]  # a new interpreter, not a fork
     with open(f"/proc/{a.writer_pid}/stat") as f:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()  # its parent is this process
+    # pandas stays out of it (pyarrow would import it on its first conversion: ~0.2 s in the writer's first run)
+    with open(f"/proc/{a.writer_pid}/maps") as f:
+        libs = f.read()
+    assert "/pyarrow/" in libs and "/pandas/" not in libs
+
+
+def test_a_forked_writers_market_set_key_is_kept_with_the_data(store: EventStore) -> None:
+    """A writer process hashes the data set; the engine keeps the key it wrote in the manifest with the data, so
+    a later run's writer (a fork, whose own copy of the data's `derived` the engine never sees) does not hash the
+    data again."""
+    from tradetrace.engine import synthetic
+
+    md = synthetic.generate(6_000, seed=11, freq="1min")[0]
+    assert "market_set" not in md.derived
+    res = tt.run_backtest(run_config(bars=6_000), market=md, recorder=store.recorder(mode="process"))
+    assert md.derived["market_set"] == market.content_key(md) == store.run(res.run_id)["market_set"]
 
 
 def test_fresh_writer_gets_each_data_set_once(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
