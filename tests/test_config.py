@@ -174,3 +174,35 @@ def test_strategy_params_are_strict_and_rsi_levels_ordered() -> None:
             parse_config({**base, "strategy": {"type": kind, "params": params}})
     ok = parse_config({**base, "strategy": {"type": "rsi_reversion", "params": {"oversold": 25, "overbought": 75.5}}})
     assert ok.strategy.params == {"oversold": 25, "overbought": 75.5}
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    ({**OK, "classifiers": [{"type": "trend", "bands": [1, 2]}]},
+     "unknown key 'classifiers.0.bands' (value [1, 2]): does not apply to classifier type 'trend' "
+     "(it uses window and threshold)"),
+    ({**OK, "classifiers": [{"type": "vix", "window": 50}]},
+     "unknown key 'classifiers.0.window' (value 50): does not apply to classifier type 'vix'"),
+    ({**OK, "classifiers": [{"type": "volatility", "threshold": 2.0}]}, "unknown key 'classifiers.0.threshold'"),
+    ({**OK, "classifiers": [{"type": "trend", "lookback": 500}]}, "unknown key 'classifiers.0.lookback'"),
+    ({**OK, "classifiers": [{"type": "volatility", "series": "VXN"}]}, "unknown key 'classifiers.0.series'"),
+])
+def test_classifier_keys_of_another_type_are_errors(data: dict, needle: str) -> None:
+    """The README says keys that do not apply to the chosen type are errors; a classifier's were ignored (a
+    `lookback` on a trend classifier configured nothing)."""
+    assert needle in _err(data)
+
+
+def test_dumped_classifiers_validate_again() -> None:
+    """A dumped config carries every classifier key at its default (sweeps and the ETL validate it again)."""
+    cfg = parse_config({**OK, "classifiers": [{"type": "trend", "window": 40}, {"type": "vix", "bands": [12, 30]},
+                                              {"type": "volatility", "lookback": 300}]})
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    ({**OK, "data": {"synthetic": {"bars": 100, "seed": -1}}}, "'data.synthetic.seed' value -1"),
+    ({**OK, "execution": {"slippage_bps": 10_000}}, "'execution.slippage_bps' value 10000"),
+])
+def test_values_the_run_cannot_use_are_config_errors(data: dict, needle: str) -> None:
+    """A negative seed was numpy's traceback from the CLI; 100% slippage or more ran, selling at prices <= 0."""
+    assert needle in _err(data)

@@ -62,7 +62,7 @@ def _unique(values: list[str], what: str) -> list[str]:
 
 class SyntheticData(_Strict):
     bars: int = Field(100_000, ge=2, description="bars per symbol")
-    seed: int = 7
+    seed: int = Field(7, ge=0, description="numpy's generators take no negative seed")
     freq: Literal["1min", "5min", "15min", "30min", "1h", "1d"] = "1min"
     symbols: list[str] = Field(default_factory=lambda: ["SYN"], min_length=1)
     start: str = Field("2020-01-02", description="first day (YYYY-MM-DD; a YAML date works unquoted)")
@@ -148,7 +148,8 @@ class CommissionConfig(_Strict):
 class ExecutionConfig(_Strict):
     fill: Literal["next_open", "close"] = "next_open"
     commission: CommissionConfig = Field(default_factory=CommissionConfig)
-    slippage_bps: float = Field(0.0, ge=0)
+    # Below 10,000 bps (100%): at or beyond it a sell executes at a price of zero or less.
+    slippage_bps: float = Field(0.0, ge=0, lt=10_000)
 
 
 class RiskConfig(_Strict):
@@ -156,6 +157,10 @@ class RiskConfig(_Strict):
     take_profit_pct: float | None = Field(None, gt=0)
     max_position: float | None = Field(None, gt=0, description="max absolute quantity per symbol")
     max_gross_exposure: float | None = Field(None, gt=0, description="max gross exposure / equity")
+
+
+#: The keys each classifier type reads (besides type, name, hysteresis, min_dwell).
+_CLASSIFIER_KEYS = {"volatility": ("window", "lookback"), "trend": ("window", "threshold"), "vix": ("series", "bands")}
 
 
 class ClassifierConfig(_Strict):
@@ -169,6 +174,26 @@ class ClassifierConfig(_Strict):
     hysteresis: float = Field(0.05, ge=0, lt=1, description="margin, as a fraction of each band edge's "
                               "magnitude, a reading must clear to enter or leave a band")
     min_dwell: int = Field(3, ge=1, description="bars a new reading must hold to become a regime")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fits_type(cls, data: Any) -> Any:
+        """A key another type reads (`lookback` on a trend classifier) would be silently ignored: an error.
+
+        Only a value other than the default is refused: a dumped config (stored with every run, validated
+        again by sweeps and the ETL) carries every key at its default, and those are not the user's.
+        """
+        if not isinstance(data, dict) or data.get("type") not in _CLASSIFIER_KEYS:
+            return data
+        own = _CLASSIFIER_KEYS[data["type"]]
+        for key in ("window", "lookback", "threshold", "series", "bands"):
+            if key in data and key not in own:
+                default = cls.model_fields[key].default
+                value = data[key]
+                if (tuple(value) if isinstance(value, list) else value) != default:
+                    raise _key_error(key, value, f"does not apply to classifier type {data['type']!r} "
+                                     f"(it uses {' and '.join(own)})", unknown=True)
+        return data
 
     @field_validator("bands", mode="before")
     @classmethod

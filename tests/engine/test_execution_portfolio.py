@@ -256,3 +256,21 @@ def test_untraced_result_points_to_no_events() -> None:
     assert d["trades"] and d["open_positions"]
     for row in (*d["trades"], *d["open_positions"]):
         assert all(v is None for k, v in row.items() if k.endswith("_id"))
+
+
+def test_gross_exposure_limit_counts_orders_still_in_flight(tmp_path: Path) -> None:
+    """Two symbols signal on the same day; with next-open fills the first one's order is still in flight when
+    the second is sized. The limit ignored it: two 60% entries under a 1.0 cap both passed (120% gross; on the
+    three ETFs of examples/multi_breakout.yaml at 50% each, 150%)."""
+    a = _data(tmp_path)
+    (tmp_path / "b").mkdir()
+    b = _data(tmp_path / "b")
+    res = run_backtest({"data": {"symbols": {"A": a, "B": b}}, "strategy": {"type": "sma_crossover"},
+                        "sizing": {"type": "percent_equity", "percent": 60}, "risk": {"max_gross_exposure": 1.0},
+                        "store": {"enabled": False}, "database": {"enabled": False}},
+                       strategy=Scripted({0: 1, 1: 1}))  # rows 0 and 1: A's and B's first bar (close 10)
+    # A: 60% of 100,000 at 10 = 6,000 shares; B: the cap leaves 100,000 - 60,000 = 40,000, i.e. 4,000 shares.
+    f = res.events(["FILL"]).to_pydict()
+    assert list(zip(f["symbol"], f["quantity"], strict=True)) == [("A", 6000), ("B", 4000)]
+    br = res.events(["RISK_BREACH"]).to_pylist()
+    assert [(b["rule"], b["symbol"], b["action"]) for b in br] == [("max_gross_exposure", "B", "cut")]

@@ -240,3 +240,52 @@ def test_load_market_errors_name_the_config_key(tmp_path: Path) -> None:
 def test_synthetic_bad_start_says_which_argument() -> None:
     with pytest.raises(ValueError, match=r"synthetic start 'notadate' is not a day \(YYYY-MM-DD\)"):
         synthetic.generate(10, start="notadate")
+
+
+def test_duplicate_column_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    """A column given twice (also as `Close` and `close`) was pyarrow's KeyError: a traceback from the CLI."""
+    for head in ("date,open,high,low,close,volume,date\n", "date,open,high,low,close,Close,volume\n"):
+        p = _csv(tmp_path, "2020-01-02,10,11,9,10,10,1\n", head=head)
+        with pytest.raises(DataError) as info:
+            load_series(p)
+        msg = str(info.value)
+        assert "\n" not in msg and str(p) in msg and "appears 2 times" in msg, msg
+
+
+@pytest.mark.parametrize("bad", ["2020/01/03", "2020.01.03", "20200103"])
+def test_date_that_only_pandas_calls_iso_is_rejected_on_its_row(tmp_path: Path, bad: str) -> None:
+    """pandas' format="ISO8601" also parses these; one in a daily file turned the whole file intraday (so a
+    daily VIX reached it a day late) instead of being the error the README promises for a non-ISO date."""
+    p = _csv(tmp_path, f"2020-01-02,10,11,9,10,1\n{bad},10,11,9,10,1\n")
+    with pytest.raises(DataError) as info:
+        load_series(p)
+    msg = str(info.value)
+    assert "\n" not in msg and "row 3" in msg and repr(bad) in msg and "ISO" in msg, msg
+
+
+def test_mixed_iso_timestamps_keep_nanoseconds_and_do_not_warn(tmp_path: Path) -> None:
+    """Timestamps pyarrow leaves as text (mixed forms) go through pandas: its tz-aware values became Timestamp
+    objects, whose conversion warned ("no explicit representation of timezones") and dropped nanoseconds."""
+    p = _csv(tmp_path, "2020-01-02,10,11,9,10,1\n2020-01-02T14:31:00.000000001+01:00,10,11,9,10,1\n",
+             head="timestamp,open,high,low,close,volume\n")  # a date, then a time: pyarrow leaves them text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = load_series(p)
+    assert s.ts.tolist() == [pd.Timestamp("2020-01-02T00:00:00Z").value,
+                             pd.Timestamp("2020-01-02T13:31:00.000000001Z").value]
+    assert not s.daily
+
+
+def test_periods_per_year_counts_every_symbol_bar_time_whatever_their_order(tmp_path: Path) -> None:
+    """Returns are per distinct bar time over all symbols (the equity curve); annualizing by the first
+    symbol's bars alone undercounted them when symbols trade different hours, and depended on the order."""
+    head = "timestamp,open,high,low,close,volume\n"
+    days = pd.bdate_range("2021-03-01", periods=10, tz="UTC")
+    day = [d + pd.Timedelta(hours=14, minutes=30 + 30 * k) for d in days for k in range(13)]  # 13 bars a day
+    full = [d + pd.Timedelta(hours=h) for d in days for h in range(24)]  # 24 bars a day
+    a = _csv(tmp_path, "".join(f"{t.isoformat()},10,11,9,10,1\n" for t in day), "a.csv", head)
+    b = _csv(tmp_path, "".join(f"{t.isoformat()},10,11,9,10,1\n" for t in full), "b.csv", head)
+    times = len(set(day) | set(full)) / len(days) * 252
+    assert load_market({"A": a, "B": b}).periods_per_year() == pytest.approx(times)
+    assert load_market({"B": b, "A": a}).periods_per_year() == pytest.approx(times)
+    assert load_market({"A": a}).periods_per_year() == pytest.approx(13 * 252)

@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 NS_PER_DAY = 86_400_000_000_000
 _TIME_COLUMNS = ("timestamp", "datetime", "date", "time")
 _PRICE_COLUMNS = ("open", "high", "low", "close")
+#: What an ISO 8601 date or date-time looks like (before pandas parses it): YYYY-MM-DD, then optionally a time
+#: (T or a space), fractional seconds and an offset.
+_ISO_SHAPE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
 
 
 class DataError(ValueError):
@@ -83,10 +86,15 @@ class MarketData:
         return np.flatnonzero(self.symbol_idx == symbol)
 
     def periods_per_year(self) -> float:
-        """Bars per year per symbol, for annualizing: 252 for daily data, observed otherwise."""
+        """Bar times per year, for annualizing: 252 for daily data, observed otherwise.
+
+        Counted over the distinct times of all symbols, the points of the equity curve whose returns are
+        annualized: the first symbol's own bars undercounted them when symbols trade different hours (a
+        24-hour future beside a stock), and made the figure depend on the order symbols are listed in.
+        """
         if self.daily:
             return 252.0
-        t = self.ts if len(self.symbols) == 1 else self.ts[self.rows_of(0)]  # no copy for one symbol
+        t = self.ts if len(self.symbols) == 1 else _distinct_sorted(self.ts, 1)  # no copy for one symbol
         if len(t) < 2:
             return 252.0
         days = _distinct_sorted(t, NS_PER_DAY)
@@ -133,9 +141,12 @@ def _files(path: Path) -> list[Path]:
 
 
 def _column(table: pa.Table, path: Path, name: str, required: bool = True) -> pa.ChunkedArray | None:
-    lower = {c.lower().strip(): c for c in table.column_names}
-    if name in lower:
-        return table.column(lower[name])
+    matches = [k for k, c in enumerate(table.column_names) if c.lower().strip() == name]
+    if len(matches) > 1:  # which one holds the prices? (pyarrow's own KeyError was a traceback)
+        raise DataError(f"{path}: column '{name}' appears {len(matches)} times "
+                        f"(columns: {', '.join(table.column_names)})")
+    if matches:
+        return table.column(matches[0])
     if required:
         raise DataError(f"{path}: missing column '{name}' (columns: {', '.join(table.column_names)})")
     return None
@@ -164,10 +175,17 @@ def _timestamps(col: pa.ChunkedArray, path: Path, name: str = "timestamp") -> tu
             return parsed.to_numpy().astype(np.int64), True
         import pandas as pd
 
+        shape = pc.match_substring_regex(col, _ISO_SHAPE)
+        if not pc.all(shape).as_py():  # pandas' "ISO8601" also takes 2020/01/03, 2020.01.03, 20200103
+            i = int(np.flatnonzero(~shape.to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}: row {i + 2}: field '{name}' value {col[i].as_py()!r} is not an ISO date/time "
+                            "(expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, optionally with an offset)")
         strings = col.to_pylist()
         try:
             idx = pd.to_datetime(pd.Series(strings), utc=True, format="ISO8601")
-            return idx.to_numpy().astype("datetime64[ns]").astype(np.int64), False
+            # Integers straight from the index: `to_numpy()` of a tz-aware column makes Timestamp objects, whose
+            # conversion warns (numpy has no time zones) and drops nanoseconds.
+            return pd.DatetimeIndex(idx).as_unit("ns").asi8.copy(), False
         except (ValueError, TypeError) as exc:
             i = next((i for i, s in enumerate(strings) if not _parses(s)), None)
             if i is None:  # every value parses on its own (e.g. mixed formats): pandas' first line says why

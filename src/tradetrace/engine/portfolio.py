@@ -129,6 +129,16 @@ class Portfolio:
     def gross_at(self, row: int) -> float:
         return sum(abs(q) * self.last_price(s, row) for s, q in enumerate(self.pos) if q)
 
+    def _committed_gross(self, row: int) -> float:
+        """Gross exposure of positions plus orders not yet filled, for the gross-exposure limit.
+
+        Why not `gross_at`: with next-open fills, orders decided on the same bar time for other symbols are
+        still in flight, and a limit that ignored them let every symbol through (three 50% entries on one day
+        under a 1.0 cap made 150%). `limit_order` also takes this symbol as held + in flight, so both agree.
+        """
+        flight = self.in_flight
+        return sum(abs(q + flight[s]) * self.last_price(s, row) for s, q in enumerate(self.pos) if q + flight[s])
+
     # -- SIGNAL -> ORDER -------------------------------------------------------------------------
     def on_signal(self, ev: Event) -> None:
         sym, direction, _strength, reason = ev.payload
@@ -144,7 +154,7 @@ class Portfolio:
         if abs(delta) < 1e-12:
             return
         if self.risk.cfg.max_position is not None or self.risk.cfg.max_gross_exposure is not None:
-            delta = self.risk.limit_order(sym, held, delta, price, equity, self.gross_at(row))
+            delta = self.risk.limit_order(sym, held, delta, price, equity, self._committed_gross(row))
             if abs(delta) < 1e-12:
                 return
         self._order(s, sym, delta, "market", _NAN, reason, ev.seq)
