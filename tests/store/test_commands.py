@@ -35,3 +35,9 @@ def test_cli_bad_input_exits_2() -> None:
                  ["store", "prune"]):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, args
+
+
+def test_verify_of_a_store_without_runs_says_so(tmp_path) -> None:
+    """`store verify --root <typo>` printed nothing and exited 0, as if a store had been checked."""
+    r = runner.invoke(app, ["store", "verify", "--root", str(tmp_path / "typo")])
+    assert r.exit_code == 0 and r.output.strip() == f"no runs in the event store {tmp_path / 'typo'}"

@@ -210,3 +210,48 @@ def test_a_killed_thread_mode_run_has_a_reason_that_fits_its_writer(store, tmp_p
     assert rec["status"] == "incomplete"
     assert rec["reason"] == (f"the run's process {proc.pid} died and its writer (process or thread) stopped with it; "
                              f"events from seq {rec['durable_seq_hi'] + 1} on were not durable")
+
+
+def test_a_type_named_twice_is_loaded_once(store, two_runs) -> None:
+    """`--type FILL --type fill` (or types=["FILL", "fill"]) gave every FILL twice."""
+    run = two_runs[0]
+    twice = store.load_events(run.run_id, types=["FILL", "fill", "SIGNAL"])
+    assert twice.num_rows == run.counts["FILL"] + run.counts["SIGNAL"]
+    assert twice.equals(store.load_events(run.run_id, types=["FILL", "SIGNAL"]))
+
+
+def test_a_missing_or_unreadable_file_is_a_one_line_error_naming_it(store) -> None:
+    """Readers of a run whose listed file is gone or corrupt: a one-line StoreError naming the file (was a
+    FileNotFoundError / ArrowInvalid traceback), the CLI exits 2, and `store compact` leaves the run alone (exit 1)."""
+    from typer.testing import CliRunner
+
+    from tradetrace.cli import app
+
+    run = tt.run_backtest(run_config(bars=6_000))
+    fill = next(store.root.glob(f"date=*/event_type=FILL/{run.run_id}-s*.parquet"))
+    fill.unlink()
+    order = next(store.root.glob(f"date=*/event_type=ORDER/{run.run_id}-s*.parquet"))
+    order.write_bytes(b"not parquet")
+    market_set = next(store.root.glob("_market/*.parquet"))
+    fill_id = run.trades.exit_fill_id[0]
+    either = (fill, order)  # whichever is read first
+    for call, bad in ((lambda: store.load_events(run.run_id, types="FILL"), (fill,)),
+                      (lambda: store.load_events(run.run_id, types=["ORDER"], limit=3), (order,)),
+                      (lambda: store.latency_report(run.run_id), either),
+                      (lambda: store.trade_lineage(run.run_id), either),
+                      (lambda: store.trace(fill_id), either),
+                      (lambda: store.lineage(fill_id), either),
+                      (lambda: store.find_signal_to_fill_path(fill_id), either)):
+        with pytest.raises(StoreError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(tuple(f"damaged run {run.run_id}: {f}: " for f in bad)), msg
+    runner = CliRunner()
+    r = runner.invoke(app, ["events", run.run_id, "--type", "ORDER"])
+    assert r.exit_code == 2 and f"{order}: unreadable (" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["store", "compact"])
+    assert r.exit_code == 1 and f"not compacted: damaged run {run.run_id}: " in r.output and "Traceback" not in r.output
+    assert not store.run(run.run_id)["compacted"]
+    market_set.write_bytes(b"junk")  # the run's BAR prices
+    with pytest.raises(StoreError, match=f"^damaged run {run.run_id}: {market_set}: unreadable \\("):
+        store.load_events(run.run_id, types="BAR")

@@ -109,7 +109,7 @@ class EventStore:
         reader = self._reader(run_id)
         wanted = None
         if types is not None:
-            wanted = [t for t in _event_types(types) if t in reader.types]
+            wanted = [t for t in dict.fromkeys(_event_types(types)) if t in reader.types]  # a type named twice: once
             if not wanted:
                 return concat_by_seq({})
         return reader.events(wanted, start, end, limit)
@@ -138,7 +138,7 @@ class EventStore:
         reader, seq = self._split(event_id)
         row = reader.lookup(seq)
         if row is None:
-            raise StoreError(f"unknown event id {event_id!r}")
+            raise _unknown(reader, event_id, seq)
         return row
 
     def lineage(self, event_id: str) -> queries.EventLineage:
@@ -147,7 +147,7 @@ class EventStore:
         try:
             return queries.lineage(reader, seq)
         except KeyError:
-            raise StoreError(f"unknown event id {event_id!r}") from None
+            raise _unknown(reader, event_id, seq) from None
 
     def trace(self, event_id: str) -> Lineage:
         """The causation chain from an event back to the BAR that started it (as `result.trace`)."""
@@ -157,7 +157,7 @@ class EventStore:
         try:
             return walk_back(reader.lookup, seq, run_date=reader.record["date"])
         except KeyError:
-            raise StoreError(f"unknown event id {event_id!r}") from None
+            raise _unknown(reader, event_id, seq) from None
 
     def trade_lineage(self, run_id: str) -> pa.Table:
         """One row per trade: entry/exit SIGNAL, ORDER, FILL ids, the close event id, P&L; closed trades first,
@@ -170,7 +170,7 @@ class EventStore:
         try:
             return queries.signal_to_fill_path(reader, seq)
         except KeyError:
-            raise StoreError(f"unknown event id {fill_id!r}") from None
+            raise _unknown(reader, fill_id, seq) from None
         except ValueError as exc:
             raise StoreError(str(exc)) from None
 
@@ -192,6 +192,20 @@ class EventStore:
               sweep_id: str | None = None) -> list[str]:
         """Retention: delete finished runs by age, beyond the newest N, or of one sweep."""
         return maintenance.prune(self.root, older_than_days, keep_last, sweep_id)
+
+
+def _unknown(reader: RunReader, event_id: str, seq: int) -> StoreError:
+    """The error for an event id the run's files lack, saying why when the run knows: its sampling did not keep
+    the event, or it was published after the last durable one of a run whose writer died."""
+    m = reader.record
+    why = ""
+    if m.get("sampling") is not None and 0 <= seq < (m.get("event_count") or 0):
+        why = f": not kept by the run's sampling ({m.get('stored_count')} of {m['event_count']} events stored)"
+    elif m.get("lost_seq") and seq >= m["lost_seq"][0] and (m["lost_seq"][1] is None or seq <= m["lost_seq"][1]):
+        lo, hi = m["lost_seq"]
+        lost = f"events from seq {lo} on" if hi is None else f"events {lo} to {hi}"
+        why = f": the run is {m['status']}, {lost} were not durable"
+    return StoreError(f"unknown event id {event_id!r}{why}")
 
 
 def _event_types(types: str | list[str]) -> list[EventType]:

@@ -145,9 +145,12 @@ def register(app: typer.Typer) -> None:
     def verify_cmd(run_id: Optional[str] = typer.Argument(None), root: Optional[str] = root_opt) -> None:  # noqa: UP045
         """Check gapless seq, causation integrity and per-type counts (exit 1 on problems)."""
         try:
-            reports = _store(root).verify(run_id)
+            store = _store(root)
+            reports = store.verify(run_id)
         except StoreError as exc:
             raise fail(str(exc)) from None
+        if not reports:  # say so: a mistyped --root or TRADETRACE_EVENTS printed nothing at all
+            out.print(f"no runs in the event store {store.root}", markup=False, highlight=False, soft_wrap=True)
         bad = 0
         for r in reports:
             state = "ok" if r["ok"] else "PROBLEMS: " + "; ".join(r["problems"])

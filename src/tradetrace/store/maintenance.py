@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from tradetrace.events.types import EventType
 from tradetrace.store import codec, layout, market
 from tradetrace.store.reader import RunReader, SeqIndex, run_record
+from tradetrace.store.sampling import CRITICAL
 
 FINISHED = ("completed", "failed", "incomplete")
 
@@ -72,9 +73,9 @@ def compact_run(root: Path, run_id: str) -> bool:
         if len(paths) == 1 and paths[0] == final:
             new_files[t.name] = [str(final.relative_to(root))]
             if t != EventType.BAR:
-                causal[t] = codec.read_parquet(final, ["seq", "causation_seq"])
+                causal[t] = reader.read(final, ["seq", "causation_seq"])
             continue
-        stored = [codec.read_parquet(p) for p in paths]
+        stored = [reader.read(p) for p in paths]
         if "market_row" in stored[0].column_names:  # BARs stored with market set references: kept so
             table = pa.concat_tables(stored, promote_options="default")
         else:
@@ -215,6 +216,14 @@ def verify_run(root: Path, run_id: str) -> dict[str, Any]:
     expected = m.get("counts") if m["status"] in ("completed", "failed") else m.get("durable_counts", m.get("counts"))
     if not sampled and expected is not None and stored != {k: v for k, v in expected.items() if v}:
         problems.append(f"per-type counts {stored} != recorded {expected}")
+    if sampled and expected is not None:  # sampling keeps every critical event and never more than were published
+        off = {k: f"{n} stored of {expected.get(k, 0)}" for k, n in stored.items()
+               if n > expected.get(k, 0) or (EventType[k] in CRITICAL and n != expected[k])}
+        off.update({k: f"0 stored of {v}" for k, v in expected.items()
+                    if v and k not in stored and k in EventType.__members__ and EventType[k] in CRITICAL})
+        if off:
+            problems.append(f"per-type counts of a sampled run (critical types are kept whole): "
+                            f"{', '.join(f'{k} {v}' for k, v in sorted(off.items()))}")
     if m["status"] in ("completed", "failed") and m.get("event_count") is not None and not sampled \
             and len(seq) != m["event_count"]:
         problems.append(f"{len(seq)} events stored, run published {m['event_count']}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from functools import cached_property, partial
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,30 @@ class RunReader:
         self._files: dict[Path, pq.ParquetFile] = {}
         self._payloads = market.Payloads(self.root)  # BAR payloads of a run stored with a market set
 
+    @contextmanager
+    def reading(self, path: Path) -> Iterator[None]:
+        """Reads of one of the run's files (or its market set): a listed file that is missing or unreadable is a
+        one-line DamagedRun naming it, not an Arrow traceback (`tradetrace store verify` lists all of them)."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            what = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({layout.one_line(exc)})"
+            raise layout.DamagedRun(f"damaged run {self.run_id}: {path}: {what}; `tradetrace store verify` "
+                                    "reports the run's problems") from None
+
+    def read(self, path: Path, columns: list[str] | None = None, **kw: Any) -> pa.Table:
+        """codec.read_parquet of one of the run's files, its damage reported as `reading` does."""
+        with self.reading(path):
+            return codec.read_parquet(path, columns, **kw)
+
+    def attach(self, table: pa.Table) -> pa.Table:
+        """market.attach for this run's BARs, a damaged market set reported as `reading` does."""
+        key = self.record.get("market_set")
+        if not key or "market_row" not in table.column_names:
+            return market.attach(table, self._payloads)
+        with self.reading(market.set_path(self.root, key)):
+            return market.attach(table, self._payloads)
+
     def files(self, etype: EventType) -> list[Path]:
         return [self.root / f for f in self.record["files"].get(etype.name, [])]
 
@@ -158,10 +184,10 @@ class RunReader:
             paths = self.files(t)
             if not paths:
                 continue
-            parts = [codec.read_parquet(p, columns) for p in paths]
+            parts = [self.read(p, columns) for p in paths]
             tab = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             if columns is None:
-                tab = codec.from_disk(market.attach(tab, self._payloads), t)
+                tab = codec.from_disk(self.attach(tab), t)
             if start is not None or end is not None:
                 tab = tab.filter(_time_mask(tab, start, end))
             out[t] = tab
@@ -183,7 +209,10 @@ class RunReader:
             head = None
         key = self.record.get("market_set")
         key = key if key and any(t == EventType.BAR for t, _ in paths) else None  # the BAR prices' market set
-        read = partial(codec.read_parquet, dictionary_strings=True, head=head)
+
+        def read(path: Path) -> pa.Table:
+            return self.read(path, dictionary_strings=True, head=head)
+
         if len(paths) == 1 and key is None:
             tabs = [read(paths[0][1])]
         else:
@@ -191,7 +220,7 @@ class RunReader:
 
             with ThreadPoolExecutor(max_workers=min(4, len(paths) + 1)) as ex:
                 # the whole set decodes beside the run's files (a head's few BARs read their row groups only)
-                pre = ex.submit(self._payloads.rows, key) if key and head is None else None
+                pre = ex.submit(self._set_rows, key) if key and head is None else None
                 tabs = list(ex.map(read, [p for _, p in paths]))
                 if pre is not None:
                     pre.result()
@@ -199,8 +228,12 @@ class RunReader:
         for (t, _), tab in zip(paths, tabs, strict=True):
             if start is not None or end is not None:
                 tab = tab.filter(_time_mask(tab, start, end))
-            out.append((t, market.attach(tab, self._payloads)))
+            out.append((t, self.attach(tab)))
         return out
+
+    def _set_rows(self, key: str) -> pa.Table:
+        with self.reading(market.set_path(self.root, key)):
+            return self._payloads.rows(key)
 
     def events(self, types: list[EventType] | None = None, start: Any = None, end: Any = None,
                limit: int | None = None) -> pa.Table:
@@ -221,7 +254,8 @@ class RunReader:
         built from the seq and causation_seq columns of the non-BAR files."""
         rel = self.record.get("seq_index")
         if rel and (self.root / rel).exists():
-            t = pq.ParquetFile(self.root / rel).read(use_threads=False)
+            with self.reading(self.root / rel):
+                t = pq.ParquetFile(self.root / rel).read(use_threads=False)
             return SeqIndex(t.column("seq").to_numpy(), t.column("type").to_numpy(),
                             t.column("causation_seq").to_numpy())
         return SeqIndex.build(self.load([t for t in self.types if t != EventType.BAR],
@@ -239,7 +273,8 @@ class RunReader:
     def _file(self, path: Path) -> pq.ParquetFile:
         pf = self._files.get(path)
         if pf is None:
-            pf = self._files[path] = pq.ParquetFile(path)
+            with self.reading(path):
+                pf = self._files[path] = pq.ParquetFile(path)
         return pf
 
     def _row(self, t: EventType, seq: int) -> pa.Table | None:
@@ -255,12 +290,13 @@ class RunReader:
                     continue
                 key = f"{path}#{g}"
                 if key not in self._row_groups:
-                    self._row_groups[key] = pf.read_row_group(g, use_threads=False)
+                    with self.reading(path):
+                        self._row_groups[key] = pf.read_row_group(g, use_threads=False)
                 rg = self._row_groups[key]
                 seqs = rg.column("seq").to_numpy()
                 k = int(np.searchsorted(seqs, seq))
                 if k < len(seqs) and seqs[k] == seq:
-                    return codec.from_disk(market.attach(rg.slice(k, 1), self._payloads), t)
+                    return codec.from_disk(self.attach(rg.slice(k, 1)), t)
         return None
 
 

@@ -9,8 +9,10 @@ The rule, applied to each batch before it is written:
    p = base_rate * vol * (1 + 9 * near), clipped to [base_rate, 1], where `vol` is the bar's absolute
    return over the batch's median (clipped to [0.5, 10]) and `near` = exp(-dt / 5 min) for dt the
    market time to the nearest critical event. The first BAR of every market day is kept (a time anchor).
-4. Every stored event carries `weight` = 1/p (1 for events kept by rules 1-2), so sums of weights
-   estimate counts and aggregates without bias; exact per-type counts are kept in the run manifest.
+4. Every stored event carries `weight` = 1/(its probability of being kept): 1 for events kept by rules 1-2
+   (and their ancestors, decided before any draw), p for a sampled one, and 1 - prod(1 - p) over a sampled
+   event and its sampled descendants for one kept as their ancestor. Sums of weights estimate counts and
+   aggregates without bias (Horvitz-Thompson); exact per-type counts are kept in the run manifest.
 Deterministic: the random draws are seeded by (seed, first seq of the batch).
 """
 
@@ -76,14 +78,13 @@ def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None)
         right = np.abs(crit_seq[np.clip(pos, 0, len(crit_seq) - 1)] - seq)
         keep |= np.minimum(left, right) <= cfg.context
 
+    parent, child = _edges(tables, types, owner, seq, cause, order, sorted_seq)
     p = np.ones(len(seq))
-    rest = ~keep
-    if rest.any():
+    if not keep.all():
         vol = np.ones(len(seq))
         if EventType.BAR in tables:
             k = types.index(EventType.BAR)
-            close = _closes(tables[EventType.BAR], market)
-            r = np.abs(np.diff(np.log(np.maximum(close, 1e-12)), prepend=np.log(max(close[0], 1e-12))))
+            r = _abs_returns(tables[EventType.BAR], _closes(tables[EventType.BAR], market))
             med = np.median(r[r > 0]) if (r > 0).any() else 1.0
             vol[owner == k] = np.clip(r / med, 0.5, 10.0)
         crit_ts = np.sort(ts[crit])
@@ -100,42 +101,21 @@ def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None)
             bars = np.flatnonzero(owner == k)
             day = ts[bars] // _DAY_NS
             first = np.concatenate([[True], day[1:] != day[:-1]])
-            p[bars[first]] = 1.0
-        p[keep] = 1.0
+            keep[bars[first]] = True
+    # Kept for certain (weight 1): the events above and every ancestor of theirs (causation and links), decided
+    # before any draw. An ancestor forced only after the draws would be kept with weight 1/p when drawn and 1
+    # otherwise, though it was always kept: its expected weight 2 - p, not 1, biased every count it is in.
+    keep = _with_ancestors(keep, parent, child)
+    p[keep] = 1.0
+    if not keep.all():
+        certain = keep
         rng = np.random.default_rng([cfg.seed, int(sorted_seq[0])])
         draw = rng.random(len(seq))
-        keep |= draw < p
-
-    # Ancestors of kept events (within the batch; older ones were critical and kept already).
-    frontier = keep.copy()
-    while frontier.any():
-        wanted = cause[frontier]
-        wanted = wanted[wanted >= 0]
-        j = np.searchsorted(sorted_seq, wanted)
-        ok = j < len(sorted_seq)
-        j, wanted = j[ok], wanted[ok]
-        hit = order[j[sorted_seq[j] == wanted]]
-        new = np.zeros(len(seq), dtype=bool)
-        new[hit] = True
-        new &= ~keep
-        keep |= new
-        p[new] = 1.0
-        frontier = new
-    for t in types:  # links are ancestors too
-        if t == EventType.BAR:
-            continue
-        links = tables[t].column("links")
-        if links.null_count == len(links):
-            continue
-        k = types.index(t)
-        rows = np.flatnonzero(owner == k)
-        for r, ls in zip(rows, links.to_pylist(), strict=True):
-            if keep[r] and ls:
-                for s in ls:
-                    j = np.searchsorted(sorted_seq, s)
-                    if j < len(sorted_seq) and sorted_seq[j] == s and not keep[order[j]]:
-                        keep[order[j]] = True
-                        p[order[j]] = 1.0
+        drawn = ~keep & (draw < p)
+        # Ancestors of drawn events are kept too: such an event is kept if it or any of its descendants is drawn,
+        # so its weight is 1 / that probability (Horvitz-Thompson), not 1 / its own p.
+        keep = _with_ancestors(keep | drawn, parent, child)
+        p = _inclusion(p, certain, keep, seq, parent, child)
 
     out = {}
     start = 0
@@ -147,6 +127,85 @@ def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None)
         out[t] = tab.append_column("weight", pa.array(w))
         start += n
     return out
+
+
+def _edges(tables: dict[EventType, pa.Table], types: list[EventType], owner: np.ndarray, seq: np.ndarray,
+           cause: np.ndarray, order: np.ndarray, sorted_seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(parent row, child row) of every causation and link edge inside the batch (rows as in `seq`)."""
+    kids = [np.arange(len(seq))]
+    wanted = [cause]
+    for k, t in enumerate(types):  # links are ancestors too
+        if t == EventType.BAR:
+            continue
+        links = tables[t].column("links")
+        if links.null_count == len(links):
+            continue
+        rows = np.flatnonzero(owner == k)
+        lengths = np.asarray(pc.list_value_length(links).fill_null(0), dtype=np.int64)
+        kids.append(np.repeat(rows, lengths))
+        wanted.append(np.asarray(pc.list_flatten(links).to_numpy(zero_copy_only=False), dtype=np.int64))
+    child = np.concatenate(kids)
+    want = np.concatenate(wanted)
+    j = np.clip(np.searchsorted(sorted_seq, want), 0, len(sorted_seq) - 1)
+    ok = (want >= 0) & (sorted_seq[j] == want)
+    return order[j[ok]], child[ok]
+
+
+def _with_ancestors(mask: np.ndarray, parent: np.ndarray, child: np.ndarray) -> np.ndarray:
+    """`mask` plus every ancestor (within the batch) of the rows it holds."""
+    mask = mask.copy()
+    frontier = mask.copy()
+    while frontier.any():
+        up = parent[frontier[child]]
+        new = np.zeros(len(mask), dtype=bool)
+        new[up] = True
+        new &= ~mask
+        mask |= new
+        frontier = new
+    return mask
+
+
+def _inclusion(p: np.ndarray, certain: np.ndarray, keep: np.ndarray, seq: np.ndarray, parent: np.ndarray,
+               child: np.ndarray) -> np.ndarray:
+    """The probability that each sampled row (not `certain`) is kept: 1 - prod(1 - p) over the row and its sampled
+    descendants (it is kept if any of them is drawn; draws are independent). A row without sampled descendants:
+    its own p. Descendants as sets, not a product per edge: with links one event can reach another by two paths."""
+    e = ~certain[parent] & ~certain[child]
+    if not e.any():
+        return p
+    kids_of: dict[int, list[int]] = {}
+    for a, b in zip(parent[e].tolist(), child[e].tolist(), strict=True):
+        kids_of.setdefault(a, []).append(b)
+    below: dict[int, set[int]] = {}  # row -> its sampled descendants
+    for a in sorted(kids_of, key=lambda r: seq[r], reverse=True):  # effects (later seqs) before their causes
+        found: set[int] = set()
+        for b in kids_of[a]:
+            found.add(b)
+            found |= below.get(b, set())
+        below[a] = found
+    out = p.copy()
+    for a, found in below.items():
+        if keep[a]:
+            out[a] = 1.0 - (1.0 - p[a]) * float(np.prod(1.0 - p[sorted(found)]))
+    return out
+
+
+def _abs_returns(bars: pa.Table, close: np.ndarray) -> np.ndarray:
+    """|log return| of each BAR over the previous BAR of its own symbol in the batch (0 for a symbol's first).
+    Per symbol: a multi-symbol run's BARs interleave (A, B, A, B), and a difference across symbols is the log of
+    their price ratio, the same every bar, which made the rate blind to market activity."""
+    logc = np.log(np.maximum(close, 1e-12))
+    sym = bars.column("symbol").combine_chunks()
+    if not pa.types.is_dictionary(sym.type):
+        sym = sym.dictionary_encode()
+    if len(sym.dictionary) <= 1:
+        return np.abs(np.diff(logc, prepend=logc[:1]))
+    codes = sym.indices.to_numpy(zero_copy_only=False)
+    r = np.zeros(len(logc))
+    for k in range(len(sym.dictionary)):
+        rows = np.flatnonzero(codes == k)
+        r[rows] = np.abs(np.diff(logc[rows], prepend=logc[rows[:1]]))
+    return r
 
 
 def _closes(bars: pa.Table, market: Any) -> np.ndarray:
