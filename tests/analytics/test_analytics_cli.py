@@ -294,3 +294,19 @@ def test_sql_table_prints_values_as_text_not_markup(db_url: str) -> None:
     res = runner.invoke(app, ["sql", "SELECT '[bold]x[/bold]' AS v, '[/oops]' AS w", "--db", db_url])
     assert res.exit_code == 0, res.output
     assert "[bold]x[/bold]" in res.output and "[/oops]" in res.output
+
+
+def test_runs_shows_the_sort_column_it_was_not_showing(db_url: str) -> None:
+    """`runs --by sortino` printed "top N runs by sortino" with no Sortino ratio in the table nor in --json."""
+    rows = seed_runs(db_url)
+    with connect(db_url) as db:
+        for k, r in enumerate(rows):
+            db.execute("UPDATE optimization_runs SET sortino = ? WHERE correlation_id = ?",
+                       [k / 100, r["correlation_id"]])
+    res = runner.invoke(app, ["runs", "--top", "2", "--by", "sortino", "--db", db_url, "--json"])
+    assert res.exit_code == 0, res.output
+    assert [g["sortino"] for g in lines(res.output)] == [0.39, 0.38]
+    res = runner.invoke(app, ["runs", "--top", "1", "--by", "sortino", "--db", db_url], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    header = next(x for x in res.output.splitlines() if "sharpe" in x)
+    assert header.split("┃")[-2].strip() == "sortino" and "0.3900" in res.output

@@ -138,3 +138,72 @@ def test_an_extension_that_cannot_be_created_leaves_plain_tables_and_a_warning(u
         assert db.scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
                          "AND table_name IN ('before_ext', 'after_ext')") == 2
         assert not schema.is_timescale(db)
+
+
+def test_a_database_with_a_foreign_table_of_a_schema_name_is_refused_and_left_as_it_was(db_url: str) -> None:
+    """A user's own `trades` table in the database `--db` names: `CREATE TABLE IF NOT EXISTS` kept it and the
+    first load failed with a driver traceback. Now one line naming the table, and no schema is half-made."""
+    with connect(db_url, migrate=False) as db:
+        db.execute("CREATE TABLE trades (x INTEGER)")
+    with pytest.raises(DatabaseError, match=r"has no tradetrace schema but already has a table 'trades' "
+                                            r"\(not made by tradetrace\): use another database"):
+        connect(db_url)
+    with connect(db_url, migrate=False) as db:
+        assert schema.current_version(db) == 0
+        assert db.query("SELECT * FROM trades")[0] == ["x"]
+
+
+def test_a_failing_migration_is_one_line_naming_it_and_rolled_back(db_url: str) -> None:
+    """A step the database refuses (here: version 2's column already added by hand) is a DatabaseError naming
+    the migration, not a driver traceback; the versions before it stay as they were."""
+    with connect(db_url, target_version=1) as db:
+        db.execute("ALTER TABLE optimization_runs ADD COLUMN run_hash VARCHAR")
+    with pytest.raises(DatabaseError, match=r"migration 2 \(run_hash for sweep resume.*\) failed: "):
+        connect(db_url)
+    with connect(db_url, migrate=False) as db:
+        assert schema.current_version(db) == 1
+
+
+def test_an_unknown_url_scheme_is_refused_not_taken_for_a_file(tmp_path, monkeypatch) -> None:
+    """`mysql://...` was a DuckDB path: a folder `mysql:` appeared and DuckDB tried to download an extension."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatabaseError, match=r"^database URL mysql://me:\*\*\*@host/db: unknown scheme 'mysql://'"):
+        connect("mysql://me:secret@host/db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_postgres_url_psycopg_cannot_parse_is_one_clear_error() -> None:
+    with pytest.raises(DatabaseError, match=r"^cannot connect to PostgreSQL at postgresql://bad url: .*spaces"):
+        connect("postgresql://bad url")
+
+
+def test_query_arrow_returns_the_rows(db_url: str) -> None:
+    """On DuckDB 2 the executed statement has no Arrow fetch any more (`fetch_arrow_table`, `arrow`)."""
+    with connect(db_url) as db:
+        db.execute("INSERT INTO discovered_patterns (pattern_id, pattern_type, pattern_signature) VALUES (?, ?, ?)",
+                   ["p1", "success", '{"vix": "low"}'])
+    with connect(db_url, read_only=True) as db:
+        table = db.query_arrow("SELECT pattern_id, sample_count FROM discovered_patterns WHERE pattern_type = ?",
+                               ["success"])
+        assert table.to_pylist() == [{"pattern_id": "p1", "sample_count": None}]
+        with pytest.raises(DatabaseError):
+            db.query_arrow("DELETE FROM discovered_patterns")
+
+
+def test_the_summary_metrics_are_those_of_completed_runs(db_url: str) -> None:
+    """A failed run's metrics cover only the bars before its error, and every retry adds a row: they went into
+    the summary's averages and best Sharpe. An upgraded version 3 database gets the new summary too."""
+    from tradetrace.analytics import etl
+
+    def row(k: int, status: str, sharpe: float, trades: int) -> etl.RunRecords:
+        cid = str(uuid.UUID(int=k))
+        r = {"run_id": cid, "correlation_id": cid, "strategy_type": "alpha", "status": status, "sharpe": sharpe,
+             "total_return": sharpe / 10, "total_trades": trades}
+        return etl.RunRecords(cid, etl.run_table([r]))
+
+    with connect(db_url, target_version=3) as db:
+        etl.write_runs(db, [row(1, "completed", 1.0, 10), row(2, "failed", 5.0, 3), row(3, "failed", 4.0, 2)])
+    with connect(db_url) as db:
+        summary = db.query("SELECT runs, completed_runs, avg_sharpe, best_sharpe, avg_total_return, total_trades "
+                           "FROM strategy_regime_summary WHERE strategy_type = 'alpha'")[1]
+    assert [tuple(float(v) for v in r) for r in summary] == [(3, 1, 1.0, 1.0, 0.1, 10)]

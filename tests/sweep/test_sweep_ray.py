@@ -45,3 +45,23 @@ def test_ray_sweep_records_every_run(ray_cluster: None, db_url: str) -> None:
     assert {r["run_id"] for r in EventStore().runs()} == {r[0] for r in rows}
     assert all(v["ok"] for v in EventStore().verify())
     assert run_sweep(cfg, executor="ray").skipped == 8
+
+
+def test_an_address_nobody_answers_at_is_one_line_exit_2(tmp_path) -> None:
+    """`ray.init(address=...)` retried for ever (still waiting after 6.5 minutes) on an address without a
+    cluster. A real CLI process, no cluster: it ends with one line naming the address."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    grid = Path(__file__).resolve().parents[2] / "examples" / "momentum_grid.yaml"
+    res = subprocess.run([sys.executable, "-m", "tradetrace.cli", "optimize", str(grid), "--executor", "ray",
+                          "--ray-address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TRADETRACE_HOME": str(tmp_path / "home")})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (f"error: --ray-address 127.0.0.1:{port}: no Ray cluster answers "
+                                                   "there (Connection refused)")

@@ -99,6 +99,7 @@ def test_non_strategy_grid_values_are_stored_in_parameters(db_url: str) -> None:
 
 def test_a_finished_sweep_is_skipped_and_a_partial_one_resumes(db_url: str) -> None:
     cfg = grid(db_url, fast=[3, 5, 8], slow=[21])
+    cfg["store"] = {"enabled": False}  # the deleted rows' runs are nowhere else (see the next test)
     first = run_sweep(cfg, workers=2)
     assert first.completed == 3
     again = run_sweep(cfg, workers=2)
@@ -110,6 +111,27 @@ def test_a_finished_sweep_is_skipped_and_a_partial_one_resumes(db_url: str) -> N
     assert (resumed.skipped, resumed.completed) == (1, 2)
     rows = db_rows(db_url, first.sweep_id)
     assert len(rows) == 3 and len({r["run_hash"] for r in rows}) == 3
+
+
+def test_a_resumed_sweep_loads_runs_that_completed_in_the_store_instead_of_running_them_again(db_url: str) -> None:
+    """A coordinator killed hard loses the rows of its last finished runs (and its workers finish the runs
+    queued in them): those runs are complete in the event store. Resuming ran them again, and a later
+    `tradetrace etl` loaded both: one combination twice. Their rows are now loaded from their events."""
+    cfg = grid(db_url, fast=[3, 5, 8], slow=[21])
+    first = run_sweep(cfg, workers=2)
+    before = sorted(db_rows(db_url, first.sweep_id), key=lambda r: r["correlation_id"])
+    with connect(db_url) as db:
+        for table in ("trades", "event_latencies", "optimization_runs"):
+            db.execute(f"DELETE FROM {table} WHERE correlation_id IN (SELECT correlation_id FROM optimization_runs "
+                       "WHERE sweep_id = ? ORDER BY correlation_id LIMIT 2)", [first.sweep_id])
+    resumed = run_sweep(cfg, workers=2)
+    assert (resumed.skipped, resumed.completed, resumed.failed) == (3, 0, 0)
+    assert sorted(db_rows(db_url, first.sweep_id), key=lambda r: r["correlation_id"]) == before
+    assert len(EventStore().runs()) == 3  # nothing ran again
+    res = CliRunner().invoke(app, ["etl", "--db", db_url])
+    assert res.exit_code == 0, res.output
+    with connect(db_url) as db:
+        assert db.scalar("SELECT count(*) FROM optimization_runs") == 3
 
 
 class Interrupt(Exception):
@@ -169,3 +191,16 @@ def test_optimize_cli_on_the_example_then_runs_lists_the_sweep() -> None:
 def test_optimize_cli_bad_grid_is_exit_2() -> None:
     res = CliRunner().invoke(app, ["optimize", str(ROOT / "examples" / "momentum.yaml")])
     assert res.exit_code == 2 and "missing key 'grid'" in res.output
+
+
+def test_a_grid_without_one_valid_combination_is_exit_2_naming_the_first_reason(tmp_path: Path) -> None:
+    """A dotted key the config does not have (`sizing.nope`) made every combination invalid, and the sweep
+    still exited 0 with nothing run. Now it is bad input: one line, exit 2, nothing written."""
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: g\ndata: {synthetic: {bars: 500, seed: 1}}\nstrategy: {type: sma_crossover}\n"
+                    "grid: {sizing.nope: [1, 2]}\n")
+    res = CliRunner().invoke(app, ["optimize", str(path), "--workers", "1"])
+    assert res.exit_code == 2
+    assert res.output.strip() == (f"error: {path}: none of the grid's 2 combination(s) is valid; the first, "
+                                  "{'sizing.nope': 1}: unknown key 'sizing.nope' (value 1)")
+    assert not (tmp_path / "tt-home").exists()

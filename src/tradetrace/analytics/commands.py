@@ -52,14 +52,18 @@ def _print_rows(cols: list[str], rows: list[tuple], as_json: bool, title: str | 
     out.print(t)
 
 
-def _print_top(cols: list[str], rows: list[tuple], title: str) -> None:
-    """Runs as a table that stays readable at 80 columns: full run id, params as k=v, key metrics."""
+def _print_top(cols: list[str], rows: list[tuple], title: str, by: str) -> None:
+    """Runs as a table that stays readable at 80 columns: full run id, params as k=v, key metrics, and the
+    sort column when it is not one of them (sorted by sortino, the table showed no sortino)."""
     from tradetrace.cli import out
 
+    shown = {"sharpe": "sharpe", "total_return": "return", "max_drawdown": "max dd", "total_trades": "trades"}
+    if by not in shown:
+        shown[by] = by
     t = Table(title=title, header_style="bold", show_lines=True)
     t.add_column("run id (correlation_id)\nstrategy and parameters", overflow="fold")
-    for c in ("sharpe", "return", "max dd", "trades"):
-        t.add_column(c, justify="right", no_wrap=True)
+    for c in shown.values():
+        t.add_column(c, justify="right", no_wrap=c != by, overflow="fold")  # the extra may wrap (created_at)
     for r in rows:
         d = dict(zip(cols, r, strict=True))
         params = d["parameters"]
@@ -67,8 +71,7 @@ def _print_top(cols: list[str], rows: list[tuple], title: str) -> None:
             params = json.loads(params)
         kv = " ".join(f"{k}={v}" for k, v in sorted((params or {}).items()))
         status = "" if d["status"] == "completed" else f" [{d['status']}]"
-        t.add_row(f"{d['correlation_id']}\n{d['strategy_type']} {kv}{status}", _cell(d["sharpe"]),
-                  _cell(d["total_return"]), _cell(d["max_drawdown"]), _cell(d["total_trades"]))
+        t.add_row(f"{d['correlation_id']}\n{d['strategy_type']} {kv}{status}", *(_cell(d[c]) for c in shown))
     out.print(t, markup=False, highlight=False)
 
 
@@ -147,7 +150,7 @@ def runs(
     elif as_json:
         _print_rows(cols, rows, True)
     else:
-        _print_top(cols, rows, f"top {top} runs by {by or 'sharpe'}")
+        _print_top(cols, rows, f"top {top} runs by {by or 'sharpe'}", by or "sharpe")
 
 
 def _no_match(filters: dict[str, str | None], strategies: list[str], where: str) -> None:

@@ -95,6 +95,11 @@ def connect(url: str | None = None, *, read_only: bool = False, migrate: bool = 
     from tradetrace.analytics import schema
 
     url = database_url(url)
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    if scheme is not None and scheme not in ("postgresql", "postgres", "duckdb"):
+        # Else taken for a DuckDB path: a folder `mysql:` appeared, and DuckDB fetched an extension by its name.
+        raise DatabaseError(f"database URL {redact(url)}: unknown scheme {scheme + '://'!r} (use postgresql://..., "
+                            "duckdb:///path or a file path)")
     if is_postgres(url):
         from tradetrace.analytics.postgres import PostgresDatabase
 

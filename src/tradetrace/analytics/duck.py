@@ -67,10 +67,15 @@ class DuckDatabase(Database):
         return cols, cur.fetchall() if cur is not None and cols else []
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        res = self._execute(sql, params)
-        if res is None:
+        # As a relation: DuckDB 2 has no Arrow fetch on an executed statement (1.x's `fetch_arrow_table`) and
+        # warns of an extra copy of the rows through its DB-API cursor. The method's name depends on the version.
+        if self.read_only:
+            sqltext.check_read_only(sql)
+        rel = self.con.sql(sql, params=list(params) if params is not None else None)
+        if rel is None:  # a statement without rows
             return pa.table({})
-        table = res.fetch_arrow_table() if hasattr(res, "fetch_arrow_table") else res.arrow()
+        fetch = next(getattr(rel, m) for m in ("to_arrow_table", "fetch_arrow_table", "arrow") if hasattr(rel, m))
+        table = fetch()
         return table if isinstance(table, pa.Table) else table.read_all()
 
     def load(self, table: str, data: pa.Table) -> int:

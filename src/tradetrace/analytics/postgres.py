@@ -56,9 +56,9 @@ class PostgresDatabase(Database):
         self.read_only = read_only
         try:
             self.con = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise DatabaseError(f"cannot connect to PostgreSQL at {redact(url)}: {first}") from None
+        except psycopg.Error as exc:  # unreachable (OperationalError), or a URL psycopg cannot parse (ProgrammingError)
+            why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+            raise DatabaseError(f"cannot connect to PostgreSQL at {redact(url)}: {why}") from None
         self._in_tx = False
         self._types: dict[str, dict[str, str]] = {}
         self._reader_role = read_only and self._pin_reader_role()

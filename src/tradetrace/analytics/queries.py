@@ -27,7 +27,8 @@ def top_runs(db: Database, top: int = 10, by: str = "sharpe", *, strategy: str |
         if value is not None:
             where.append(cond)
             args.extend([value] * cond.count("?"))
-    sql = (f"SELECT {', '.join(RUN_COLUMNS)} FROM optimization_runs"
+    columns = RUN_COLUMNS if by in RUN_COLUMNS else (*RUN_COLUMNS, by)  # the sort value is shown with the rows
+    sql = (f"SELECT {', '.join(columns)} FROM optimization_runs"
            + (f" WHERE {' AND '.join(where)}" if where else "")
            + f" ORDER BY {by} {'ASC' if ascending else 'DESC'} NULLS LAST LIMIT ?")
     return db.query(sql, [*args, int(top)])

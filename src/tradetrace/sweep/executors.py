@@ -426,6 +426,7 @@ class RayExecutor:
         if started_here:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.address:
+                check_reachable(self.address)
                 kwargs["address"] = self.address
             elif self.workers:
                 kwargs["num_cpus"] = self.workers
@@ -461,6 +462,27 @@ class RayExecutor:
         finally:
             if started_here:
                 ray.shutdown()
+
+
+#: Seconds to wait for a Ray cluster's address to accept a connection.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """RuntimeError (one line) unless a `host:port` (or `ray://host:port`) address accepts a TCP connection.
+
+    Why: `ray.init(address=...)` with an address nobody listens on retries for ever (still waiting after 6.5 min
+    here, printing warnings). Other forms (`auto`, `local`) are Ray's to resolve."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RuntimeError(f"--ray-address {address}: no Ray cluster answers there "
+                           f"({exc.strerror or type(exc).__name__})") from None
 
 
 def make_executor(name: str, workers: int | None = None, address: str | None = None) -> ProcessExecutor | RayExecutor:

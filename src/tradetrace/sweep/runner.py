@@ -32,11 +32,11 @@ from tradetrace.analytics.db import Database, connect, is_postgres
 from tradetrace.config import ClassifierConfig, RunConfig
 from tradetrace.engine import classifiers
 from tradetrace.engine.backtest import load_data
-from tradetrace.events.event import new_run_id
+from tradetrace.events.event import is_run_id, new_run_id
 from tradetrace.paths import database_url, events_dir
 from tradetrace.store import market as market_sets
 from tradetrace.sweep.executors import Outcomes, RunTask, TaskOutcome, make_executor
-from tradetrace.sweep.grid import Combination, Grid, expand, load_grid, parse_grid
+from tradetrace.sweep.grid import Combination, Grid, GridError, expand, load_grid, parse_grid
 from tradetrace.sweep.rowwriter import RowWriter
 
 SWEEP_NAMESPACE = uuid.UUID("6f1d7f0e-4a53-4a51-9a5e-7d1c1c0a7e11")
@@ -97,6 +97,46 @@ def completed_hashes(db: Database, hashes: list[str]) -> set[str]:
     return done
 
 
+def recover_stored_runs(db: Database, cfg: RunConfig, sweep_id: str, hashes: set[str]) -> set[str]:
+    """The hashes among `hashes` of this sweep's runs that completed in the event store without a row in `db`,
+    after loading their rows from their events (`tradetrace etl`'s backfill).
+
+    Why: a coordinator killed hard (SIGKILL, out of memory) loses the rows of the runs its workers finished
+    in its last moments, and the runs still queued in the workers go on to complete in the store. Resuming
+    ran those combinations again, and a later `tradetrace etl` then loaded both runs: one combination twice.
+    Only the manifests of the store's runs that `db` lacks are read (normally none)."""
+    root = events_dir(cfg.store.path)
+    if not hashes or not (cfg.tracing.enabled and cfg.store.enabled) or not root.is_dir():
+        return set()
+    from tradetrace.analytics.backfill import backfill, open_store
+    from tradetrace.store.layout import StoreError
+    from tradetrace.store.maintenance import run_ids
+    from tradetrace.store.reader import run_record
+
+    ids = [r for r in run_ids(root) if is_run_id(r)]
+    present: set[str] = set()
+    for k in range(0, len(ids), 500):
+        part = ids[k:k + 500]
+        marks = ", ".join("?" for _ in part)
+        present.update(str(r[0]) for r in db.query(f"SELECT correlation_id FROM optimization_runs "
+                                                   f"WHERE correlation_id IN ({marks})", part)[1])
+    found: dict[str, str] = {}  # run_hash -> run id (one run per combination)
+    for rid in ids:
+        if rid in present:
+            continue
+        try:
+            m = run_record(root, rid)
+        except StoreError:  # a damaged run is never read (`tradetrace store verify` reports it)
+            continue
+        h = m.get("run_hash")
+        if m.get("sweep_id") == sweep_id and m.get("status") == "completed" and h in hashes and h not in found:
+            found[h] = rid
+    if not found:
+        return set()
+    backfill(db, open_store(str(root)), list(found.values()))
+    return completed_hashes(db, list(found))  # a run the backfill could not load (sampled) runs again
+
+
 def _shared_classifiers(todo: list[Combination]) -> list[ClassifierConfig]:
     """The classifier settings found in every combination (a grid may vary them; those are left to the runs)."""
     first = todo[0].config.classifiers
@@ -116,17 +156,20 @@ def run_sweep(grid: str | Path | dict[str, Any] | Grid, *, workers: int | None =
     elif isinstance(grid, dict):
         grid = parse_grid(grid)
     valid, invalid = expand(grid)
+    if not valid:  # nothing can run: the grid is bad input (e.g. a dotted key the config does not have)
+        values, why = invalid[0]
+        raise GridError(f"{grid.source}: none of the grid's {grid.size:,} combination(s) is valid; the first, "
+                        f"{values}: {why.removeprefix(grid.source + ': ')}")
     sid = sweep_id_for(grid)
-    base = valid[0].config if valid else None
-    url = database_url(db_url or (base.database.url if base is not None else None))
+    url = database_url(db_url or valid[0].config.database.url)
     ex = make_executor(executor, workers, ray_address)
     summary = SweepSummary(sid, grid.size, len(invalid), 0, executor=ex.name,
                            workers=getattr(ex, "workers", None) or 0, database=url,
                            invalid_examples=[f"{v}: {why}" for v, why in invalid[:3]])
-    if not valid:
-        return summary
     with connect(url) as db:  # migrates once, before any worker opens it
         done = completed_hashes(db, [c.run_hash for c in valid]) if resume else set()
+        if resume:
+            done |= recover_stored_runs(db, valid[0].config, sid, {c.run_hash for c in valid} - done)
     todo = []
     seen: set[str] = set()
     for c in valid:
