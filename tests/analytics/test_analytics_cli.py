@@ -217,7 +217,8 @@ def test_runs_with_no_match_names_the_filters_and_the_strategies(db_url: str) ->
     seed_runs(db_url)
     res = runner.invoke(app, ["runs", "--top", "10", "--by", "sharpe", "--strategy", "momentum", "--db", db_url])
     assert res.exit_code == 0 and res.stdout == "", res.output
-    assert res.stderr.strip() == "no runs match (strategy=momentum); strategies in the database: alpha, beta"
+    assert res.stderr.strip() == ("no runs match (strategy=momentum, status=completed); strategies in the database "
+                                  "(--status all lists runs of any status): alpha, beta")
     res = runner.invoke(app, ["runs", "--strategy", "alpha", "--status", "incomplete", "--db", db_url, "--json"])
     assert res.exit_code == 0 and res.stdout == ""
     assert "no runs match (strategy=alpha, status=incomplete)" in res.stderr
@@ -310,3 +311,25 @@ def test_runs_shows_the_sort_column_it_was_not_showing(db_url: str) -> None:
     assert res.exit_code == 0, res.output
     header = next(x for x in res.output.splitlines() if "sharpe" in x)
     assert header.split("┃")[-2].strip() == "sortino" and "0.3900" in res.output
+
+
+def test_runs_lists_completed_runs_unless_asked(db_url: str) -> None:
+    """A failed run's metrics cover only the part before its error: the best runs are completed ones by default;
+    `--status all` lists every run, `--status failed` the failed ones."""
+    rows = seed_runs(db_url, n=12)
+    failed = {"run_id": str(uuid.uuid4()), "strategy_type": "alpha", "status": "failed", "sharpe": 99.0,
+              "parameters": json.dumps({"k": -1})}
+    failed["correlation_id"] = failed["run_id"]
+    with connect(db_url) as db:
+        etl.write_runs(db, [etl.RunRecords(failed["correlation_id"], etl.run_table([failed]))])
+    best = max((r for r in rows if r["sharpe"] is not None), key=lambda r: r["sharpe"])
+
+    def first(*args: str) -> str:
+        res = runner.invoke(app, ["runs", "--top", "1", *args, "--db", db_url, "--json"])
+        assert res.exit_code == 0, res.output
+        return lines(res.output)[0]["correlation_id"]
+
+    assert first() == best["correlation_id"]
+    assert first("--status", "all") == first("--status", "failed") == failed["correlation_id"]
+    res = runner.invoke(app, ["runs", "--status", "done", "--db", db_url])
+    assert res.exit_code == 2 and "--status value 'done'" in res.output

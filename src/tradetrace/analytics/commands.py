@@ -115,7 +115,8 @@ def runs(
     sweep: str = typer.Option(None, "--sweep", help="only runs of this sweep_id"),
     regime: str = typer.Option(None, "--regime", help="only runs whose market_regime is this"),
     volatility: str = typer.Option(None, "--volatility", help="only runs whose volatility_regime is this"),
-    status: str = typer.Option(None, "--status", help=f"one of {', '.join(STATUSES)}"),
+    status: str = typer.Option(None, "--status", help=f"one of {', '.join(STATUSES)}, or all (default: completed "
+                               "runs from the database, every run from the event store)"),
     ascending: bool = typer.Option(False, "--asc", help="lowest first"),
     db: str = DB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="one JSON object per row"),
@@ -129,14 +130,19 @@ def runs(
 
     if by is not None and by not in SORTABLE:
         raise fail(f"--by value {by!r}: not one of {', '.join(SORTABLE)}")
-    if status is not None and status not in STATUSES:
-        raise fail(f"--status value {status!r}: not one of {', '.join(STATUSES)}")
+    if status is not None and status not in (*STATUSES, "all"):
+        raise fail(f"--status value {status!r}: not one of {', '.join(STATUSES)}, all")
+    every = status == "all"
+    status = None if every else status
     filters = {"strategy": strategy, "sweep": sweep, "regime": regime, "volatility": volatility, "status": status}
+    # The database's best runs are completed ones unless asked: a failed run's metrics are those of the part that
+    # ran before its error, and such a partial Sharpe could top the list.
+    db_status = "completed" if status is None and not every else status
     try:
         with connect(db, read_only=True) as conn:
             total = conn.scalar("SELECT count(*) FROM optimization_runs")
             cols, rows = top_runs(conn, top, by or "sharpe", strategy=strategy, sweep=sweep, regime=regime,
-                                  volatility=volatility, status=status, ascending=ascending)
+                                  volatility=volatility, status=db_status, ascending=ascending)
             strategies = [r[0] for r in conn.query("SELECT DISTINCT strategy_type FROM optimization_runs "
                                                    "ORDER BY 1")[1]] if total and not rows else []
     except NoDatabase:
@@ -146,7 +152,8 @@ def runs(
     if not total:
         _store_runs(top, by, filters, ascending, as_json)
     elif not rows:
-        _no_match(filters, strategies, "the database")
+        _no_match({**filters, "status": db_status}, strategies, "the database"
+                  + (" (--status all lists runs of any status)" if db_status != status else ""))
     elif as_json:
         _print_rows(cols, rows, True)
     else:
