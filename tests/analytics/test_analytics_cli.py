@@ -236,8 +236,10 @@ def test_runs_on_the_event_store_applies_the_filters_that_fit_it() -> None:
         res = runner.invoke(app, ["runs", "--status", status, "--json"])
         assert res.exit_code == 0 and lines(res.output) == [], res.output
         assert f"no runs match (status={status}); strategies in the event store: sma_crossover" in res.stderr
-    res = runner.invoke(app, ["runs", "--strategy", "momentum"])
-    assert res.exit_code == 0 and "no runs match (strategy=momentum)" in res.stderr, res.output
+    res = runner.invoke(app, ["runs", "--strategy", "momentum", "--json"])  # sma_crossover's family
+    assert sorted(r["run_id"] for r in lines(res.output)) == sorted([small, big]), res.output
+    res = runner.invoke(app, ["runs", "--strategy", "breakout"])
+    assert res.exit_code == 0 and "no runs match (strategy=breakout)" in res.stderr, res.output
     for args, why in ((["--by", "sharpe"], "event store's runs have no sharpe"),
                       (["--regime", "calm"], "--regime needs the analytics database"),
                       (["--volatility", "high"], "--volatility needs the analytics database")):
@@ -333,3 +335,26 @@ def test_runs_lists_completed_runs_unless_asked(db_url: str) -> None:
     assert first("--status", "all") == first("--status", "failed") == failed["correlation_id"]
     res = runner.invoke(app, ["runs", "--status", "done", "--db", db_url])
     assert res.exit_code == 2 and "--status value 'done'" in res.output
+
+
+def test_runs_strategy_filter_takes_a_family(db_url: str) -> None:
+    """`--strategy momentum` (the issue's example) lists every momentum strategy's runs; a type or a run name
+    still matches itself."""
+    rows = []
+    for k, (stype, name) in enumerate([("sma_crossover", "a"), ("ema_crossover", "b"), ("zscore_reversion", "c"),
+                                       ("donchian_breakout", "momentum-grid")]):
+        cid = str(uuid.uuid4())
+        rows.append({"run_id": cid, "correlation_id": cid, "strategy_type": stype, "run_name": name,
+                     "status": "completed", "sharpe": float(k), "parameters": json.dumps({})})
+    with connect(db_url) as db:
+        etl.write_runs(db, [etl.RunRecords(r["correlation_id"], etl.run_table([r])) for r in rows])
+
+    def types(strategy: str) -> list[str]:
+        res = runner.invoke(app, ["runs", "--strategy", strategy, "--db", db_url, "--json"])
+        assert res.exit_code == 0, res.output
+        return sorted(r["strategy_type"] for r in lines(res.output))
+
+    assert types("momentum") == ["ema_crossover", "sma_crossover"]
+    assert types("mean_reversion") == ["zscore_reversion"]
+    assert types("ema_crossover") == ["ema_crossover"]
+    assert types("momentum-grid") == ["donchian_breakout"]  # a run name

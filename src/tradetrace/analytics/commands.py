@@ -111,7 +111,8 @@ STORE_SORTABLE = {"event_count": "event_count", "created_at": "started_wall_ns"}
 def runs(
     top: int = typer.Option(10, "--top", min=1, help="how many runs"),
     by: str = typer.Option(None, "--by", help=f"sort column (default sharpe): {', '.join(SORTABLE)}"),
-    strategy: str = typer.Option(None, "--strategy", help="strategy type (e.g. sma_crossover) or run name"),
+    strategy: str = typer.Option(None, "--strategy", help="strategy type (e.g. sma_crossover), family (momentum, "
+                                 "mean_reversion, breakout) or run name"),
     sweep: str = typer.Option(None, "--sweep", help="only runs of this sweep_id"),
     regime: str = typer.Option(None, "--regime", help="only runs whose market_regime is this"),
     volatility: str = typer.Option(None, "--volatility", help="only runs whose volatility_regime is this"),
@@ -188,7 +189,10 @@ def _store_runs(top: int, by: str | None, filters: dict[str, str | None], ascend
     if not records:
         raise fail("no runs in the database or the event store", 1)
     strategy, sweep, status = filters["strategy"], filters["sweep"], filters["status"]
-    matched = [r for r in records if (strategy is None or strategy in (r.get("strategy"), r.get("name")))
+    from tradetrace.strategies import family
+
+    kinds = None if strategy is None else {strategy, *family(strategy)}
+    matched = [r for r in records if (kinds is None or r.get("strategy") in kinds or r.get("name") == strategy)
                and (sweep is None or r.get("sweep_id") == sweep) and (status is None or r.get("status") == status)]
     key = STORE_SORTABLE[by or "created_at"]
     matched.sort(key=lambda r: r.get(key) or 0, reverse=not ascending)

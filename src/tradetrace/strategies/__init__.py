@@ -29,6 +29,12 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def family(name: str) -> list[str]:
+    """The registered strategies of a family (`momentum`: sma_crossover, ema_crossover), sorted; [] if none."""
+    _load_builtin()
+    return sorted(n for n, cls in _REGISTRY.items() if cls.family == name)
+
+
 def _load_builtin() -> None:
     global _builtin_loaded
     if not _builtin_loaded:
@@ -39,4 +45,4 @@ def _load_builtin() -> None:
         _builtin_loaded = True
 
 
-__all__ = ["Strategy", "StrategyParams", "get", "names", "register"]
+__all__ = ["Strategy", "StrategyParams", "family", "get", "names", "register"]

@@ -60,6 +60,9 @@ class Strategy:
     """Base class of every strategy. Subclass, set `name` and `Params`, write `init` and `next`."""
 
     name: ClassVar[str] = ""
+    #: What kind of strategy it is (momentum, mean_reversion, breakout...): `tradetrace runs --strategy
+    #: momentum` lists the runs of every strategy of that family.
+    family: ClassVar[str] = ""
     Params: ClassVar[type[StrategyParams]] = StrategyParams
     container: ClassVar[str] = "strategy"
 

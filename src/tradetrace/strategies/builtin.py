@@ -31,6 +31,7 @@ class MovingAverageCrossover(Strategy):
     """Momentum: long when the fast MA crosses above the slow MA, short (or flat) when below."""
 
     name = "sma_crossover"
+    family = "momentum"
     Params = CrossoverParams
 
     def init(self) -> None:
@@ -76,6 +77,7 @@ class ZScoreReversion(Strategy):
     """Mean reversion: buy when price is `entry` std below its mean, sell it back near the mean."""
 
     name = "zscore_reversion"
+    family = "mean_reversion"
     Params = ZScoreParams
 
     def init(self) -> None:
@@ -116,6 +118,7 @@ class RsiReversion(Strategy):
     """Mean reversion on Wilder's RSI: long when oversold, short when overbought, exit at the middle."""
 
     name = "rsi_reversion"
+    family = "mean_reversion"
     Params = RsiParams
 
     def init(self) -> None:
@@ -147,6 +150,7 @@ class DonchianBreakout(Strategy):
     """Breakout: long above the highest high of `entry` bars, exit below the `exit`-bar low."""
 
     name = "donchian_breakout"
+    family = "breakout"
     Params = DonchianParams
 
     def init(self) -> None:
