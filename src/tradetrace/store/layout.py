@@ -145,8 +145,8 @@ def seq_index_path(root: Path, run_id: str) -> Path:
     return root / RUNS_DIR / f"{check_run_id(run_id)}.seqindex.parquet"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file (its bytes) or a directory (the renames and new entries in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -163,7 +163,7 @@ def make_dirs(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         d.mkdir(exist_ok=True)  # another process may create it at the same moment
-        fsync_dir(d.parent)
+        fsync_path(d.parent)
 
 
 def tmp_name(final: Path) -> Path:
@@ -200,7 +200,7 @@ def write_durably(final: Path, data: bytes | memoryview | Any) -> None:
     """
     tmp = _write_tmp(final, data, sync=True)
     os.replace(tmp, final)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 #: Group commit is used only while the system holds less unwritten data than this (see write_all_durably).
@@ -295,12 +295,8 @@ def write_json(path: Path, obj: dict[str, Any], durable: bool = True) -> None:
 
 def make_durable(path: Path) -> None:
     """Make a file written with `durable=False` (its bytes and its name) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
+    fsync_path(path)
+    fsync_path(path.parent)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -316,7 +312,7 @@ def append_journal(path: Path, record: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     if new:
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
