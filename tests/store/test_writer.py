@@ -284,6 +284,37 @@ for k in range(3):
 """
 
 
+FORKS_END = """
+import os, sys, time, tradetrace as tt
+from tradetrace.engine import synthetic
+from tradetrace.store import service
+sys.path.insert(0, {tests!r})
+from store.conftest import run_config
+service.service = lambda: None  # no fresh writer: every run writes through a fork
+md = synthetic.generate(6_000, seed=4, freq="1min")[0]
+for k in range(3):  # the same data: from the second run on its market set key is known
+    pid = tt.run_backtest(run_config(bars=6_000), market=md).recorder.writer_pid
+    def running():  # a zombie has exited (this process, or a later run, reaps it)
+        try:
+            with open(f"/proc/{{pid}}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(running(), flush=True)
+"""
+
+
+def test_every_forked_writer_exits_with_its_run(store: EventStore) -> None:
+    """A forked writer serves one run: the engine closes it when the run is durable, whatever the run's data."""
+    code = FORKS_END.format(tests=str(Path(__file__).parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TRADETRACE_HOME": str(store.root.parent)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"] * 3
+
 def test_first_runs_write_through_a_fork_until_the_fresh_writer_is_ready(store: EventStore) -> None:
     """A process's first run gets a forked writer for that run only (no start-up wait); the second starts the
     fresh writer in the background; once it is ready, runs use it."""

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,8 +107,13 @@ def set_key(market: MarketData) -> str | None:
     return key
 
 
+def is_key(key: Any) -> bool:
+    """Whether `key` is a market set key (32 lowercase hex digits, see content_key)."""
+    return isinstance(key, str) and len(key) == 32 and all(c in "0123456789abcdef" for c in key)
+
+
 def set_path(root: Path, key: str) -> Path:
-    if not (len(key) == 32 and all(c in "0123456789abcdef" for c in key)):
+    if not is_key(key):
         raise layout.StoreError(f"invalid market set key {key!r}")
     return Path(root) / MARKET_DIR / f"{key}.parquet"
 

@@ -511,16 +511,16 @@ class StoreRecorder:
             self._mark_writer_lost()
         elif self.use_set and self.market_set is None and self._market is not None:
             self._learn_market_set(self._market)
+        if self._service is not None and not self._service.fresh:  # a forked writer serves one run
+            self._service.close()
 
     def _learn_market_set(self, market: MarketData) -> None:
         """Keep the data set's key, which the writer process computed (its manifest names it), with the data:
         the next run passes it on, and its writer (a fork, whose copy of `derived` the engine never sees) does
         not hash the data again (35-70 ms per 1M bars, while the run goes on)."""
         key = layout.read_json(layout.manifest_path(self.root, self.run_id)).get("market_set")
-        if isinstance(key, str) and key == market_sets.set_path(self.root, key).stem:  # a well-formed key
+        if market_sets.is_key(key):
             market.derived.setdefault("market_set", key)
-        if self._service is not None and not self._service.fresh:  # a forked writer serves one run
-            self._service.close()
 
     @property
     def writer_pid(self) -> int | None:
