@@ -11,10 +11,11 @@ import duckdb
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import tradetrace as tt
-from tradetrace.store import EventStore, StoreError
+from tradetrace.store import EventStore, StoreError, layout
 
 from .conftest import run_config
 
@@ -145,6 +146,40 @@ def test_signal_to_fill_path_and_lineage(store, two_runs) -> None:
     # every event's partition_key is the folder its file is in (the run's start date, not market time)
     for e in store.trace(t.exit_fill_id).chain + path.chain + lin.ancestors:
         assert list(store.root.glob(f"{e.partition_key}/{run.run_id}*.parquet")), e.partition_key
+
+
+def test_lineage_follows_links_both_ways(store, two_runs) -> None:
+    """A next-open FILL's further cause is the BAR whose open priced it (DESIGN.md: links): the FILL's lineage
+    lists that BAR, and the BAR's descendants hold the FILL and what it caused, marked via_link. The same
+    before compaction, after it (the run's seq index), and from an index file written before it held links."""
+    run = two_runs[0]
+    t = run.trades.iloc[3]
+    fill = run.event(t.exit_fill_id)
+    assert len(fill.links) == 1
+    bar_id = fill.links[0]
+    bar = run.event(bar_id)
+    assert bar.event_type == "BAR" and bar.data["open"] is not None
+    assert bar.sequence_number > run.event(t.exit_signal_id).sequence_number  # the next bar, not the signal's
+
+    def check() -> None:
+        lin = store.lineage(t.exit_fill_id)
+        assert [e.event_id for e in lin.linked] == [bar_id]
+        assert bar_id not in [e.event_id for e in lin.ancestors]  # the main chain stays FILL -> ORDER -> SIGNAL
+        down = store.lineage(bar_id).descendants.to_pydict()
+        rows = dict(zip(down["event_id"], zip(down["event_type"], down["via_link"], strict=True), strict=True))
+        assert rows[t.exit_fill_id] == ("FILL", True)
+        assert rows[t.close_id] == ("POSITION_CLOSE", True)  # caused by the FILL, so reached through the link
+        # the ORDER's descendants are reached by causation alone
+        assert not any(store.lineage(t.exit_order_id).descendants.column("via_link").to_pylist())
+
+    check()
+    assert f"(also caused by {bar_id})" in str(store.trace(t.exit_fill_id))
+    store.compact(run.run_id)
+    check()
+    index = layout.seq_index_path(store.root, run.run_id)
+    assert index.exists()
+    pq.write_table(pq.read_table(index).drop_columns(["links"]), index)  # as compaction wrote it before links
+    check()
 
 
 def test_latency_report_covers_every_type(store, two_runs) -> None:

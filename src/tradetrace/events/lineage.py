@@ -93,8 +93,9 @@ class Lineage:
             q = _us(e.emitted_at, e.received_at)
             p = _us(e.received_at, e.processed_at)
             timing = f" queue {q:.1f}us proc {p:.1f}us" if q is not None and p is not None else ""
+            also = f" (also caused by {', '.join(e.links)})" if e.links else ""  # e.g. the BAR that priced a FILL
             lines.append(f"{'  ' * depth}{e.event_type} {e.event_id} @ {e.timestamp:%Y-%m-%d %H:%M} "
-                         f"[{e.source_container}]{timing} {data}")
+                         f"[{e.source_container}]{timing} {data}{also}")
         total = self.total_latency_us()
         if total is not None:
             lines.append(f"total latency {self.root.event_type} -> {self.chain[0].event_type}: {total:.1f}us")

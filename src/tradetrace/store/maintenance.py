@@ -73,7 +73,7 @@ def compact_run(root: Path, run_id: str) -> bool:
         if len(paths) == 1 and paths[0] == final:
             new_files[t.name] = [str(final.relative_to(root))]
             if t != EventType.BAR:
-                causal[t] = reader.read(final, ["seq", "causation_seq"])
+                causal[t] = reader.read(final, ["seq", "causation_seq", "links"])
             continue
         stored = [reader.read(p) for p in paths]
         if "market_row" in stored[0].column_names:  # BARs stored with market set references: kept so
@@ -84,7 +84,7 @@ def compact_run(root: Path, run_id: str) -> bool:
         written.append((final, codec.parquet_bytes(table, t, m.get("compression", "zstd"), row_group_size=rows)))
         new_files[t.name] = [str(final.relative_to(root))]
         if t != EventType.BAR:
-            causal[t] = table.select(["seq", "causation_seq"])
+            causal[t] = table.select(["seq", "causation_seq", "links"])
     index = layout.seq_index_path(root, run_id)
     sink = pa.BufferOutputStream()
     pq.write_table(SeqIndex.build(causal).table(), sink, compression="zstd",

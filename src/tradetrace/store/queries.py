@@ -6,12 +6,12 @@ materialized as TracedEvents only for the handful of rows a person looks at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from tradetrace.events.event import TracedEvent, make_event_id
+from tradetrace.events.event import TracedEvent, make_event_id, parse_event_id
 from tradetrace.events.lineage import Lineage, to_traced, walk_back
 from tradetrace.events.types import EventType
 from tradetrace.store.reader import RunReader
@@ -19,29 +19,55 @@ from tradetrace.store.reader import RunReader
 
 @dataclass(frozen=True, slots=True)
 class EventLineage:
-    """An event, its causes back to the run start (newest first) and every event it caused."""
+    """An event, its causes back to the run start (newest first), its further causes (`links`) and every event
+    it caused, directly or through a link."""
 
     event: TracedEvent
     ancestors: list[TracedEvent]
-    descendants: pa.Table  # seq, event_id, event_type, causation_seq of every descendant, in seq order
+    descendants: pa.Table  # seq, event_id, event_type, causation_seq, via_link of every descendant, in seq order
+    linked: list[TracedEvent] = field(default_factory=list)  # links of the event and its ancestors, in seq order
 
 
 def lineage(reader: RunReader, seq: int) -> EventLineage:
-    """Ancestors by causation up to RUN_START; descendants by the transitive causation closure.
+    """Ancestors by causation up to RUN_START, plus the events the event and its ancestors link to (DESIGN.md:
+    an event with several causes keeps the main one in causation_id and the rest in `links`; a FILL links the
+    BAR whose open priced it). Descendants: the transitive closure over causation and links, so a BAR's
+    descendants include the FILLs it priced and what those caused; `via_link` marks the rows whose path
+    from the event passes through a link.
 
     BARs are caused by the run start; they are not listed among RUN_START's descendants (that would
     be the whole run)."""
     chain = walk_back(reader.lookup, seq, stop_at="RUN_START", run_date=reader.record["date"])
-    index = reader.index  # non-BAR seq, type, cause: BARs only ever cause non-BAR events
+    on_chain = {e.sequence_number for e in chain.chain}
+    wanted = sorted({parse_event_id(x)[1] for e in chain.chain for x in e.links} - on_chain)
+    linked = []
+    for s in wanted:
+        row = reader.lookup(s)
+        if row is None:  # a sampled run keeps every ancestor: only damage gets here
+            raise KeyError(f"broken lineage: linked seq {s} is missing")
+        linked.append(to_traced(row, reader.record["date"]))
+    index = reader.index  # non-BAR seq, type, cause, links: BARs only ever cause non-BAR events
     seqs, causes = index.seq, index.causes
     names = np.array([t.name for t in EventType], dtype=object)
     types = names[index.types.astype(np.intp)]
+    link_row = np.searchsorted(seqs, index.link_from)  # row of each linking event in `seqs`
     found = np.zeros(len(seqs), dtype=bool)
+    by_link = np.zeros(len(seqs), dtype=bool)
     frontier = np.array([seq], dtype=np.int64)
+    frontier_link = np.zeros(1, dtype=bool)  # reached through a link
     while len(frontier):
-        hit = np.isin(causes, frontier) & ~found
+        caused = np.isin(causes, frontier) & ~found
+        linking = np.zeros(len(seqs), dtype=bool)
+        hit_link = np.isin(index.link_to, frontier)
+        linking[link_row[hit_link]] = True
+        linking &= ~found & ~caused
+        # a row caused by a frontier event inherits that event's via-link mark; one reached by a link has it
+        link_marked = frontier[frontier_link]
+        by_link |= (caused & np.isin(causes, link_marked)) | linking
+        hit = caused | linking
         found |= hit
         frontier = seqs[hit]
+        frontier_link = by_link[hit]
     order = np.argsort(seqs[found], kind="stable")
     d_seq = seqs[found][order]
     run = reader.run_id
@@ -50,8 +76,9 @@ def lineage(reader: RunReader, seq: int) -> EventLineage:
         "event_id": pa.array([make_event_id(run, int(s)) for s in d_seq], type=pa.string()),
         "event_type": pa.array(types[found][order].tolist(), type=pa.string()),
         "causation_seq": pa.array(causes[found][order], type=pa.int64()),
+        "via_link": pa.array(by_link[found][order], type=pa.bool_()),
     })
-    return EventLineage(chain.chain[0], chain.chain[1:], desc)
+    return EventLineage(chain.chain[0], chain.chain[1:], desc, linked)
 
 
 def signal_to_fill_path(reader: RunReader, seq: int) -> Lineage:

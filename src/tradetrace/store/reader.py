@@ -247,19 +247,25 @@ class RunReader:
 
     @cached_property
     def index(self) -> SeqIndex:
-        """seq, type and causation_seq of every non-BAR event, sorted by seq.
+        """seq, type, causation_seq and links of every non-BAR event, sorted by seq.
 
         A compacted run has it in one small file (`_runs/<run>.seqindex.parquet`, written by compaction):
         one read instead of one per type file. Otherwise (running, crashed, not yet compacted) it is
-        built from the seq and causation_seq columns of the non-BAR files."""
+        built from the seq, causation_seq and links columns of the non-BAR files. An index file written
+        before it held links gets them from the type files (the links column alone: nulls but for FILLs)."""
         rel = self.record.get("seq_index")
+        nonbar = [t for t in self.types if t != EventType.BAR]
         if rel and (self.root / rel).exists():
             with self.reading(self.root / rel):
                 t = pq.ParquetFile(self.root / rel).read(use_threads=False)
+            if "links" in t.column_names:
+                links = _link_pairs(t.column("seq"), t.column("links"))
+            else:
+                linked = self.load(nonbar, columns=["seq", "links"]).values()
+                links = _concat_pairs([_link_pairs(x.column("seq"), x.column("links")) for x in linked])
             return SeqIndex(t.column("seq").to_numpy(), t.column("type").to_numpy(),
-                            t.column("causation_seq").to_numpy())
-        return SeqIndex.build(self.load([t for t in self.types if t != EventType.BAR],
-                                        columns=["seq", "causation_seq"]))
+                            t.column("causation_seq").to_numpy(), links)
+        return SeqIndex.build(self.load(nonbar, columns=["seq", "causation_seq", "links"]))
 
     def lookup(self, seq: int) -> pa.Table | None:
         """One event (a one-row table in its type's schema), or None."""
@@ -301,34 +307,69 @@ class RunReader:
 
 
 class SeqIndex:
-    """Which type each non-BAR seq is, and its cause: enough to walk lineage without reading events."""
+    """Which type each non-BAR seq is, its cause and its links (further causes, DESIGN.md vocabulary): enough
+    to walk lineage both ways without reading events. Links are flat pairs sorted by `link_from`: event
+    `link_from[k]` was also caused by `link_to[k]` (a FILL by the BAR whose open priced it)."""
 
-    def __init__(self, seq: np.ndarray, types: np.ndarray, causes: np.ndarray) -> None:
+    def __init__(self, seq: np.ndarray, types: np.ndarray, causes: np.ndarray,
+                 links: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.seq = seq
         self.types = types
         self.causes = causes
+        self.link_from, self.link_to = links if links is not None else (_NO_SEQS, _NO_SEQS)
 
     @classmethod
     def build(cls, tables: dict[EventType, pa.Table]) -> SeqIndex:
-        """From per-type tables with seq and causation_seq columns (null cause stored as -1)."""
+        """From per-type tables with seq, causation_seq (null cause stored as -1) and optionally links columns."""
         if not tables:
-            empty = np.empty(0, dtype=np.int64)
-            return cls(empty, np.empty(0, dtype=np.int8), empty)
+            return cls(_NO_SEQS, np.empty(0, dtype=np.int8), _NO_SEQS)
         seq = np.concatenate([t.column("seq").to_numpy() for t in tables.values()])
         types = np.concatenate([np.full(t.num_rows, int(k), dtype=np.int8) for k, t in tables.items()])
         causes = np.concatenate([t.column("causation_seq").fill_null(-1).to_numpy() for t in tables.values()])
         order = np.argsort(seq, kind="stable")
-        return cls(seq[order], types[order], causes[order])
+        links = _concat_pairs([_link_pairs(t.column("seq"), t.column("links"))
+                               for t in tables.values() if "links" in t.column_names])
+        return cls(seq[order], types[order], causes[order], links)
 
     def table(self) -> pa.Table:
+        """One row per event; `links` a list column, null where an event has none (nearly all)."""
+        k = np.searchsorted(self.seq, self.link_from)
+        counts = np.bincount(k, minlength=len(self.seq))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        links = pa.ListArray.from_arrays(pa.array(offsets), pa.array(self.link_to, pa.int64()),
+                                         mask=pa.array(counts == 0))
         return pa.table({"seq": pa.array(self.seq, pa.int64()), "type": pa.array(self.types, pa.int8()),
-                         "causation_seq": pa.array(self.causes, pa.int64())})
+                         "causation_seq": pa.array(self.causes, pa.int64()), "links": links})
 
     def type_of(self, seq: int) -> EventType | None:
         k = int(np.searchsorted(self.seq, seq))
         if k < len(self.seq) and self.seq[k] == seq:
             return EventType(int(self.types[k]))
         return None
+
+
+_NO_SEQS = np.empty(0, dtype=np.int64)
+
+
+def _link_pairs(seq: pa.ChunkedArray | pa.Array, links: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(event seq, linked seq) per link of a seq + links column pair."""
+    if isinstance(links, pa.ChunkedArray):
+        links = links.combine_chunks()
+    if links.null_count == len(links):
+        return _NO_SEQS, _NO_SEQS
+    lengths = np.asarray(pc.list_value_length(links).fill_null(0), dtype=np.int64)
+    src = np.repeat(np.asarray(seq, dtype=np.int64), lengths)
+    return src, np.asarray(pc.list_flatten(links), dtype=np.int64)
+
+
+def _concat_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Link pairs of several tables, sorted by the linking event's seq."""
+    if not pairs:
+        return _NO_SEQS, _NO_SEQS
+    src = np.concatenate([p[0] for p in pairs])
+    dst = np.concatenate([p[1] for p in pairs])
+    order = np.argsort(src, kind="stable")
+    return src[order], dst[order]
 
 
 def _time_mask(tab: pa.Table, start: Any, end: Any) -> pa.Array:
