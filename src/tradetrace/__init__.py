@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+from tradetrace.allocator import keep_arrow_memory  # noqa: E402  (before anything loads pyarrow)
+
+keep_arrow_memory()
+
 #: Public names and their modules, imported on first use (PEP 562): a process that needs one part
 #: (the event store's writer process, `tradetrace sql`) does not pay for pandas, pydantic and the engine.
 _EXPORTS = {
