@@ -142,7 +142,8 @@ class EventStore:
         return row
 
     def lineage(self, event_id: str) -> queries.EventLineage:
-        """The event, its ancestors (causes up to the run start) and its descendants."""
+        """The event, its ancestors (causes up to the run start), the events it and they link to (further causes:
+        a FILL's pricing BAR) and its descendants through causation or links."""
         reader, seq = self._split(event_id)
         try:
             return queries.lineage(reader, seq)
