@@ -259,10 +259,10 @@ class RunReader:
             with self.reading(self.root / rel):
                 t = pq.ParquetFile(self.root / rel).read(use_threads=False)
             if "links" in t.column_names:
-                links = _link_pairs(t.column("seq"), t.column("links"))
+                links = link_pairs(t.column("seq"), t.column("links"))
             else:
                 linked = self.load(nonbar, columns=["seq", "links"]).values()
-                links = _concat_pairs([_link_pairs(x.column("seq"), x.column("links")) for x in linked])
+                links = _concat_pairs([link_pairs(x.column("seq"), x.column("links")) for x in linked])
             return SeqIndex(t.column("seq").to_numpy(), t.column("type").to_numpy(),
                             t.column("causation_seq").to_numpy(), links)
         return SeqIndex.build(self.load(nonbar, columns=["seq", "causation_seq", "links"]))
@@ -327,7 +327,7 @@ class SeqIndex:
         types = np.concatenate([np.full(t.num_rows, int(k), dtype=np.int8) for k, t in tables.items()])
         causes = np.concatenate([t.column("causation_seq").fill_null(-1).to_numpy() for t in tables.values()])
         order = np.argsort(seq, kind="stable")
-        links = _concat_pairs([_link_pairs(t.column("seq"), t.column("links"))
+        links = _concat_pairs([link_pairs(t.column("seq"), t.column("links"))
                                for t in tables.values() if "links" in t.column_names])
         return cls(seq[order], types[order], causes[order], links)
 
@@ -351,14 +351,15 @@ class SeqIndex:
 _NO_SEQS = np.empty(0, dtype=np.int64)
 
 
-def _link_pairs(seq: pa.ChunkedArray | pa.Array, links: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(event seq, linked seq) per link of a seq + links column pair."""
+def link_pairs(owner: np.ndarray | pa.ChunkedArray | pa.Array,
+               links: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, linked seq) per link of a `links` column; `owner` names each row (its seq, or its row number)."""
     if isinstance(links, pa.ChunkedArray):
         links = links.combine_chunks()
     if links.null_count == len(links):
         return _NO_SEQS, _NO_SEQS
     lengths = np.asarray(pc.list_value_length(links).fill_null(0), dtype=np.int64)
-    src = np.repeat(np.asarray(seq, dtype=np.int64), lengths)
+    src = np.repeat(np.asarray(owner, dtype=np.int64), lengths)
     return src, np.asarray(pc.list_flatten(links), dtype=np.int64)
 
 

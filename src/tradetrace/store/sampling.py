@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tradetrace.events.types import EventType
+from tradetrace.store.reader import link_pairs
 
 CRITICAL = frozenset({EventType.SIGNAL, EventType.ORDER, EventType.FILL, EventType.POSITION_OPEN,
                       EventType.POSITION_CLOSE, EventType.RISK_BREACH, EventType.REGIME_CHANGE, EventType.ERROR,
@@ -137,13 +138,9 @@ def _edges(tables: dict[EventType, pa.Table], types: list[EventType], owner: np.
     for k, t in enumerate(types):  # links are ancestors too
         if t == EventType.BAR:
             continue
-        links = tables[t].column("links")
-        if links.null_count == len(links):
-            continue
-        rows = np.flatnonzero(owner == k)
-        lengths = np.asarray(pc.list_value_length(links).fill_null(0), dtype=np.int64)
-        kids.append(np.repeat(rows, lengths))
-        wanted.append(np.asarray(pc.list_flatten(links).to_numpy(zero_copy_only=False), dtype=np.int64))
+        rows, linked = link_pairs(np.flatnonzero(owner == k), tables[t].column("links"))
+        kids.append(rows)
+        wanted.append(linked)
     child = np.concatenate(kids)
     want = np.concatenate(wanted)
     j = np.clip(np.searchsorted(sorted_seq, want), 0, len(sorted_seq) - 1)
