@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,3 +28,16 @@ def test_reference_run_chunks() -> None:
 def test_a_run_of_at_most_one_chunk_is_one_batch(n_chunk: tuple[int, int]) -> None:
     n, chunk = n_chunk
     assert chunk_bounds(n, chunk) == [(0, n)]
+
+
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=400), st.integers(1, 50))
+def test_chunks_never_split_the_rows_of_one_bar_time(per_time: list[int], chunk: int) -> None:
+    """Several symbols: rows of one time run as a group (decisions after all of its fills), so a chunk ends
+    after its last time's last row; still every row once, in order."""
+    times = np.repeat(np.arange(len(per_time), dtype=np.int64) * 60, per_time)
+    n = len(times)
+    b = chunk_bounds(n, chunk, times)
+    assert [s for s, _ in b] == [0] + [e for _, e in b[:-1]] and b[-1][1] == n
+    for _, e in b[:-1]:
+        assert times[e - 1] != times[e]
+        assert 0 < e - _ <= chunk + 3  # at most the rest of one time beyond the chunk

@@ -446,7 +446,7 @@ def test_random_signal_scripts_match_backtrader(plan: dict[int, int], seed: int,
 class _BtMultiCross(bt.Strategy):
     """The same crossover on every data feed, each traded on its own."""
 
-    params = (("fast", 10), ("slow", 30), ("size", 100))
+    params = (("fast", 10), ("slow", 30), ("size", 100), ("percent", None))
 
     def __init__(self) -> None:
         self.cross = {d._name: bt.ind.CrossOver(bt.ind.SMA(d.close, period=self.p.fast),
@@ -464,10 +464,13 @@ class _BtMultiCross(bt.Strategy):
     def next(self) -> None:
         for d in self.datas:
             x = self.cross[d._name][0]
+            size = self.p.size
+            if self.p.percent is not None:  # our PercentEquitySizer: every feed marked at this time's close
+                size = float(math.floor(max(self.broker.getvalue(), 0.0) * (self.p.percent / 100.0) / d.close[0]))
             if x > 0:
-                self.order_target_size(data=d, target=self.p.size)
+                self.order_target_size(data=d, target=size)
             elif x < 0:
-                self.order_target_size(data=d, target=-self.p.size)
+                self.order_target_size(data=d, target=-size)
 
 
 @pytest.mark.slow
@@ -521,3 +524,34 @@ def test_same_bar_close_matches_backtrader_cheat_on_close() -> None:
     # Backtrader books a cheat-on-close execution on the bar after (its fill keeps the decision bar's time,
     # compared above; its trade gets the later bar's): trade times are not compared, the rest is.
     _assert_same_trades(_ours_trades(res), strat.trades, times=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [("KO", "MSFT"), ("MSFT", "KO")], ids=["KO-first", "MSFT-first"])
+def test_two_symbols_percent_sizing_matches_backtrader_in_either_symbol_order(shared_data: Path,
+                                                                                order: tuple[str, str]) -> None:
+    """Percent-of-equity sizes on several symbols: each decision sizes on the equity at this time's closes after
+    this time's fills, of every symbol, as backtrader's next() sees broker.getvalue() once all feeds advanced.
+    Row by row, the first symbol of a time decided before the second one's fill and close were in."""
+    files = {"KO": "daily/KO_1d_2012-2014_zipline.csv", "MSFT": "daily/MSFT_1d_2012-2014_zipline.csv"}
+    md = load_market({k: shared_data / files[k] for k in order})
+    cerebro = bt.Cerebro(stdstats=False)
+    for name in files:
+        one = load_market({name: shared_data / files[name]})
+        cerebro.adddata(bt.feeds.PandasData(dataname=_frame(one), openinterest=None), name=name)
+    cerebro.addstrategy(_BtMultiCross, percent=45.0)
+    cerebro.broker.setcash(CASH)
+    cerebro.broker.setcommission(commission=0.01, commtype=bt.CommInfoBase.COMM_FIXED, stocklike=True)
+    strat = cerebro.run()[0]
+    assert strat.rejected == 0
+    res = _run_tt(md, 10, 30, 100.0, {"per_share": 0.01}, percent=45.0)
+    f = res.events(["FILL"]).to_pydict()
+    ours = sorted((pd.Timestamp(t).tz_convert(None), s, p, d * q) for t, s, p, d, q in
+                  zip(f["timestamp"], f["symbol"], f["price"], f["side"], f["quantity"], strict=True))
+    theirs = sorted(strat.fills)
+    assert len(ours) == len(theirs) > 10 and {o[1] for o in ours} == {"KO", "MSFT"}
+    assert len({abs(o[3]) for o in ours}) > 5  # sizes follow equity
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a[0], a[1], a[3]) == (b[0], b[1], b[3])
+        assert a[2] == pytest.approx(b[2], rel=1e-12, abs=0)
+    assert math.isclose(res.final_equity, cerebro.broker.getvalue(), rel_tol=1e-9)

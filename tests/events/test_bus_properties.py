@@ -1,7 +1,8 @@
 """Property tests of the TracedEventBus and the recorder's BAR seq reconstruction.
 
-Random containers on a bare bus: bar handlers and event handlers publish random children (to a
-bounded depth); the run is chunked at random sizes (a flush per chunk), with events published
+Random containers on a bare bus: bar handlers, decision handlers and event handlers publish random
+children (to a bounded depth), with the rows of one bar time grouped or not (decisions after every row
+of their time); the run is chunked at random sizes (a flush per chunk), with events published
 outside bars (RUN_START, between chunks, end of data, RUN_END) on multi-symbol data. The handlers
 keep their own log of what was published, in order, and what was being handled at the time; the
 recorded tables must agree with that log exactly.
@@ -47,8 +48,10 @@ def payload(t: EventType, k: int) -> tuple:
 class Harness:
     """Builds the random containers and keeps the independent publish log."""
 
-    def __init__(self, bus: TracedEventBus, plan: list[int], n_bar_handlers: int, subs: dict[int, int]) -> None:
+    def __init__(self, bus: TracedEventBus, plan: list[int], n_bar_handlers: int, subs: dict[int, int],
+                 n_decide: int = 0, last_row_of_time: np.ndarray | None = None) -> None:
         self.bus = bus
+        self.last_row_of_time = last_row_of_time  # grouped rows: a decision runs after its time's last BAR
         self.plan = plan
         self.k = 0
         self.log: list[tuple] = []  # ("BAR", row) or ("EV", Event, expected cause, depth)
@@ -57,6 +60,8 @@ class Harness:
         self.published: dict[str, int] = {}
         for h in range(n_bar_handlers):
             bus.subscribe_bars(self._bar_handler(h))
+        for _ in range(n_decide):
+            bus.subscribe_decisions(self._decide)
         for t, count in subs.items():
             for _ in range(count):
                 bus.subscribe(EventType(t), self.on_event)
@@ -87,6 +92,13 @@ class Harness:
                 self._publish(t, ("bar", i), 1)
         return on_bar
 
+    def _decide(self, i: int) -> None:
+        assert self.bus.current is None and self.bus.current_row == i
+        last = i if self.last_row_of_time is None else self.last_row_of_time[i]
+        assert self.bar_started == last  # every BAR of this time was dispatched, and no later one
+        for t in self._next_children():
+            self._publish(t, ("bar", i), 1)
+
     def on_event(self, ev: Event) -> None:
         assert self.bus.current is ev
         d = self.depth[ev.seq]
@@ -107,14 +119,19 @@ class Harness:
     between=st.lists(st.integers(0, 2), min_size=1, max_size=8),
     end_events=st.integers(0, 3),
     clock_every=st.integers(1, 5),
+    n_decide=st.integers(0, 2),
+    grouped=st.booleans(),
 )
 def test_random_cascades_are_traced_exactly(n_rows, n_symbols, n_bar_handlers, plan, subs, chunks, between,
-                                            end_events, clock_every) -> None:
+                                            end_events, clock_every, n_decide, grouped) -> None:
     md = market(n_rows, n_symbols)
     rec = MemoryRecorder()
     bus = TracedEventBus("run-p", recorder=rec, bar_clock_every=clock_every)
     rec.begin(RunInfo("run-p", "prop", "none", {}), md)
-    hx = Harness(bus, plan, n_bar_handlers, subs)
+    last_row = np.searchsorted(md.ts, md.ts, side="right") - 1 if grouped else None
+    if grouped:
+        bus.group_rows_by_time(md.ts)
+    hx = Harness(bus, plan, n_bar_handlers, subs, n_decide, last_row)
 
     start_ev = bus.publish_start("engine", payload(EventType.RUN_START, 0))
     hx.log.insert(0, ("EV", start_ev, None, 0))
@@ -122,9 +139,13 @@ def test_random_cascades_are_traced_exactly(n_rows, n_symbols, n_bar_handlers, p
     hx.depth[start_ev.seq] = 0
     # Handlers of RUN_START's children ran during publish_start; their log entries came after it.
     pos, c = 0, 0
+    clocked: list[int] = []  # rows whose BAR clocks are measured: every k-th row of each run_bars call
     while pos < n_rows:
         stop = min(pos + chunks[c % len(chunks)], n_rows)
+        if grouped:  # a chunk ends after its last time's last row
+            stop = int(last_row[stop - 1]) + 1
         bus.run_bars(pos, stop)
+        clocked += range(pos, stop, clock_every)
         bus.flush(stop)
         # Events between chunks (after the flush): caused by the last BAR dispatched, explicitly.
         for _ in range(between[c % len(between)] if stop < n_rows else 0):
@@ -156,6 +177,12 @@ def test_random_cascades_are_traced_exactly(n_rows, n_symbols, n_bar_handlers, p
     assert bar_seq.tolist() == expected_bar_seq
     assert [e[1] for e in hx.log if e[0] == "BAR"] == list(range(n_rows))
     assert set(bars.column("causation_seq").to_pylist()) == {0}
+    # BAR clocks: measured on the sampled rows only, received before processed (after its decisions too).
+    rx = bars.column("received_at").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    px = bars.column("processed_at").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    has = bars.column("received_at").is_valid().to_numpy(zero_copy_only=False)
+    assert np.flatnonzero(has).tolist() == (clocked if n_bar_handlers + n_decide else [])
+    assert (rx[has] <= px[has]).all()
     # BAR payload and market time are the market data of their row.
     assert np.array_equal(bars.column("close").to_numpy(), md.close)
     assert bars.column("symbol").to_pylist() == [md.symbols[s] for s in md.symbol_idx]

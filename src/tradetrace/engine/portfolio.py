@@ -102,6 +102,7 @@ class Portfolio:
         self._close = market.column("close")
         # Row index of each symbol; one symbol owns every row (no index: 8 bytes per bar saved).
         self._rows = [market.rows_of(k) for k in range(n)] if n > 1 else None
+        self._ts = market.ts
         self._needs_equity = not hasattr(sizer, "quantity") or risk.cfg.max_gross_exposure is not None
         bus.subscribe(EventType.SIGNAL, self.on_signal)
         bus.subscribe(EventType.FILL, self.on_fill)
@@ -109,11 +110,18 @@ class Portfolio:
 
     # -- valuation -------------------------------------------------------------------------------
     def last_price(self, s: int, row: int) -> float:
-        """Close of symbol s at or before `row` (its entry price if it has no bar yet)."""
+        """Close of symbol s at `row`'s bar time or before (its entry price if it has no bar yet).
+
+        Several symbols: a symbol whose row of this time comes after `row` counts at this time's close too.
+        Decisions run once every row of their time is in (see `TracedEventBus.subscribe_decisions`), so equity,
+        and with it percent sizing, is the same whatever the symbols' order.
+        """
         if self._rows is None:
             return self._close[row]
+        ts = self._ts
+        end = int(np.searchsorted(ts, ts[row], side="right"))  # rows of this time and before
         rows = self._rows[s]
-        k = int(np.searchsorted(rows, row, side="right")) - 1
+        k = int(np.searchsorted(rows, end, side="left")) - 1
         if k >= 0:
             return self._close[rows[k]]
         tr = self.open_trades.get(s)

@@ -19,9 +19,11 @@
  * - drain: FIFO, including events published meanwhile; traced: the dispatch clock of each event, and
  *   (index of the last event, clock) when a drain ends. A handler's exception propagates with the
  *   queue and the current event left as they were (the coordinator settles and records the ERROR).
- * - run_bars: for each row, each bar handler then a drain if anything was published; traced: the
- *   clocks of every k-th row (received before its handlers, processed after its cascade); optionally
- *   stops early on a time or event budget (a recorder's durability window).
+ * - run_bars: for each row, each bar handler, then each decision handler, with a drain after any that
+ *   published; rows of one bar time (several symbols, `_set_bar_times`) in two phases, bar handlers
+ *   for all of them, then decisions (run_group); traced: the clocks of every k-th row (received
+ *   before its handlers, processed after its cascade); optionally stops early on a time or event
+ *   budget (a recorder's durability window).
  * Clocks are CLOCK_MONOTONIC nanoseconds, the clock of Python's time.monotonic_ns on Linux.
  */
 #define PY_SSIZE_T_CLEAN
@@ -308,11 +310,16 @@ typedef struct {
     PyObject **q;           /* FIFO of owned event references */
     Py_ssize_t qlen, qcap;
     long long cur_bar, nonbar;
+    long long log_row;      /* last row whose BAR was dispatched: the row events are recorded at (see run_bars) */
     Rec *rec;               /* recording state, per-type schema and counts (allocated by Bus_new) */
     PyTypeObject *event_cls;
     PyObject *subs;         /* list of NTYPES lists of handlers */
     int traced;
     PyObject *bar_handlers; /* list */
+    PyObject *decide_handlers; /* list: run after every row of a bar time went through bar_handlers */
+    Py_buffer times;        /* bar time per row (int64), when rows of one time form a group; times.buf NULL if not */
+    int64_t *grp_t0;        /* per row of the group being run: its received clock, -1 if not sampled */
+    Py_ssize_t grp_cap;
     long long bar_clock_every, chunk_emitted;
     /* payload schema: per type, the kinds of its fields ('f' float64, 'i' integer, 's' string; the same
        grouped by kind are in Rec); schema holds (type name, field names) per type for error messages */
@@ -406,13 +413,15 @@ static int Bus_init(BusObject *self, PyObject *args, PyObject *kwds) {
     }
     Py_XSETREF(self->subs, subs);
     Py_XSETREF(self->bar_handlers, PyList_New(0));
+    Py_XSETREF(self->decide_handlers, PyList_New(0));
     Py_XSETREF(self->strdict, PyDict_New());
     Py_XSETREF(self->strings, PyList_New(0));
-    if (!self->bar_handlers || !self->strdict || !self->strings)
+    if (!self->bar_handlers || !self->decide_handlers || !self->strdict || !self->strings)
         return -1;
     self->traced = traced;
     self->bar_clock_every = every;
     self->cur_bar = -1;
+    self->log_row = -1;
     self->nonbar = 0;
     return 0;
 }
@@ -429,6 +438,8 @@ static int Bus_traverse(BusObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->event_cls);
     Py_VISIT(self->subs);
     Py_VISIT(self->bar_handlers);
+    Py_VISIT(self->decide_handlers);
+    Py_VISIT(self->times.obj);
     Py_VISIT(self->current);
     for (Py_ssize_t i = 0; i < self->qlen; i++)
         Py_VISIT(self->q[i]);
@@ -443,6 +454,9 @@ static int Bus_clear(BusObject *self) {
     Py_CLEAR(self->event_cls);
     Py_CLEAR(self->subs);
     Py_CLEAR(self->bar_handlers);
+    Py_CLEAR(self->decide_handlers);
+    if (self->times.obj != NULL)
+        PyBuffer_Release(&self->times);
     Py_CLEAR(self->schema);
     Py_CLEAR(self->strdict);
     Py_CLEAR(self->strings);
@@ -454,6 +468,7 @@ static void Bus_dealloc(BusObject *self) {
     PyObject_GC_UnTrack(self);
     Bus_clear(self);
     PyMem_Free(self->q);
+    PyMem_Free(self->grp_t0);
     Rec *r = self->rec;
     if (r != NULL) {
         buf_free(&r->common);
@@ -730,7 +745,7 @@ static PyObject *Bus_publish(BusObject *self, PyObject *const *args, Py_ssize_t 
         if (a_links != NULL && check_links(a_links) < 0)
             return NULL;
     }
-    long long row = self->cur_bar;
+    long long row = self->log_row;
     EventObject *ev = (EventObject *)self->event_cls->tp_alloc(self->event_cls, 0);
     if (ev == NULL)
         return NULL;
@@ -818,13 +833,85 @@ static PyObject *Bus_drain(BusObject *self, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
+/* Call each handler of `hs` for `row`, draining after any that published. -1 with the exception set. */
+static inline int call_row(BusObject *self, PyObject *hs, PyObject *row) {
+    const Py_ssize_t nh = PyTuple_GET_SIZE(hs);
+    for (Py_ssize_t j = 0; j < nh; j++) {
+        PyObject *r = PyObject_Vectorcall(PyTuple_GET_ITEM(hs, j), &row, 1, NULL);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        if (self->qlen && bus_drain(self) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Rows of one bar time, in two phases: every row through the bar handlers (fills at the open, stops,
+ * classifiers), then every row through the decision handlers (the strategy). Why: a decision sizes on
+ * the equity at this time's closes after this time's fills; row by row, a symbol earlier in the list
+ * would decide before a later symbol's fills and close were in (sizes depended on the symbols' order).
+ * Events are recorded at the last dispatched row (log_row), so seqs stay in recorded order, while a
+ * decision's cause is still the BAR of its own row (cur_bar). Clocks of a sampled row: received before
+ * its first phase, processed after its second. */
+static __attribute__((noinline)) int run_group(BusObject *self, PyObject *pre, PyObject *decide, long long g0,
+                                               long long g1, long long *countdown, int sampling) {
+    const long long every = self->bar_clock_every;
+    const Py_ssize_t g = (Py_ssize_t)(g1 - g0);
+    if (g > self->grp_cap) {
+        int64_t *t0 = PyMem_Realloc(self->grp_t0, (size_t)g * sizeof(int64_t));
+        if (t0 == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->grp_t0 = t0;
+        self->grp_cap = g;
+    }
+    for (long long i = g0; i < g1; i++) {
+        int64_t t0 = -1;
+        if (sampling) {
+            if (*countdown == 0)
+                t0 = ticks();
+            *countdown = *countdown == 0 ? every - 1 : *countdown - 1;
+        }
+        self->grp_t0[i - g0] = t0;
+        self->cur_bar = self->log_row = i;
+        PyObject *row = PyLong_FromLongLong(i);
+        if (row == NULL)
+            return -1;
+        const int rc = call_row(self, pre, row);
+        Py_DECREF(row);
+        if (rc < 0)
+            return -1;
+    }
+    for (long long i = g0; i < g1; i++) {
+        self->cur_bar = i;
+        PyObject *row = PyLong_FromLongLong(i);
+        if (row == NULL)
+            return -1;
+        const int rc = call_row(self, decide, row);
+        Py_DECREF(row);
+        if (rc < 0)
+            return -1;
+        const int64_t t0 = self->grp_t0[i - g0];
+        if (t0 >= 0 && (buf_push(&self->rec->bar_rx, i) < 0 || buf_push(&self->rec->bar_rx, t0) < 0 ||
+                        buf_push(&self->rec->bar_rx, ticks()) < 0))
+            return -1;
+    }
+    self->cur_bar = g1 - 1;
+    return 0;
+}
+
 /* run_bars(start, stop, budget_ns=0, max_events=0) -> the row it stopped before: the engine's inner loop
  * over market-data rows. Returns `stop`, or earlier once `budget_ns` nanoseconds have passed or `max_events`
  * events (BARs included) were published since the call: a recorder with a durability window gets what a
  * slow strategy publishes within that window, not only at the end of a chunk. Why checked this way: the
  * limits are looked at only every `check` rows, `check` halving while rows are slow (down to every row)
  * and doubling back to 64 while they are fast, so a fast run pays one clock read per 64 rows (and nothing
- * without limits) while a run of slow rows still stops within about one row of its budget. */
+ * without limits) while a run of slow rows still stops within about one row of its budget.
+ * With bar times set (several symbols), rows of one time run as a group (run_group), limits are checked
+ * only between groups, and `start` and `stop` must fall on group boundaries. With one symbol each row is
+ * its own group: the bar and decision handlers run back to back, in the loop below. */
 static PyObject *Bus_run_bars(BusObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 2 || nargs > 4) {
         PyErr_SetString(PyExc_TypeError, "run_bars(start, stop, budget_ns=0, max_events=0)");
@@ -846,6 +933,13 @@ static PyObject *Bus_run_bars(BusObject *self, PyObject *const *args, Py_ssize_t
                      max_events);
         return NULL;
     }
+    const int64_t *times = (const int64_t *)self->times.buf;
+    const long long ntimes = times != NULL ? (long long)(self->times.len / (Py_ssize_t)sizeof(int64_t)) : 0;
+    if (times != NULL && (start < 0 || stop > ntimes || (start > 0 && start < ntimes && times[start - 1] == times[start]) ||
+                          (stop > start && stop < ntimes && times[stop - 1] == times[stop]))) {
+        PyErr_Format(PyExc_ValueError, "run_bars: rows [%lld, %lld) split the rows of one bar time", start, stop);
+        return NULL;
+    }
     const int limited = budget > 0 || max_events > 0;
     const int64_t began = limited ? mono_ns() : 0;
     const int64_t deadline = budget > 0 ? began + budget : INT64_MAX;
@@ -853,47 +947,56 @@ static PyObject *Bus_run_bars(BusObject *self, PyObject *const *args, Py_ssize_t
     const long long nonbar0 = self->nonbar;
     long long check = 1, check_left = 1; /* from every row: the first rows may already be slow */
     int64_t last_check = began;
-    PyObject *handlers = PyList_AsTuple(self->bar_handlers);
-    if (handlers == NULL)
+    PyObject *pre = PyList_AsTuple(self->bar_handlers);
+    if (pre == NULL)
         return NULL;
+    PyObject *decide = PyList_AsTuple(self->decide_handlers);
+    if (decide == NULL) {
+        Py_DECREF(pre);
+        return NULL;
+    }
+    PyObject *handlers = PySequence_Concat(pre, decide); /* one row at a time: every handler in turn */
+    if (handlers == NULL)
+        goto fail;
     const Py_ssize_t nh = PyTuple_GET_SIZE(handlers);
     const int sampling = self->traced && nh > 0;
     const long long every = self->bar_clock_every;
     long long countdown = 0; /* rows until the next sampled row */
     if (self->traced)
         self->chunk_emitted = ticks();
-    for (long long i = start; i < stop; i++) {
-        self->cur_bar = i;
-        int64_t t0 = 0;
-        const int sample = sampling && countdown == 0;
-        if (sampling)
-            countdown = sample ? every - 1 : countdown - 1;
-        if (sample)
-            t0 = ticks();
-        PyObject *row = PyLong_FromLongLong(i);
-        if (row == NULL)
-            goto fail;
-        for (Py_ssize_t j = 0; j < nh; j++) {
-            PyObject *r = PyObject_Vectorcall(PyTuple_GET_ITEM(handlers, j), &row, 1, NULL);
-            if (r == NULL) {
-                Py_DECREF(row);
+    for (long long i = start; i < stop;) {
+        long long g1 = i + 1;
+        if (times != NULL)
+            while (g1 < stop && times[g1] == times[i])
+                g1++;
+        if (g1 - i > 1) { /* several symbols at this time: rare enough per row to be out of line */
+            if (run_group(self, pre, decide, i, g1, &countdown, sampling) < 0)
                 goto fail;
-            }
-            Py_DECREF(r);
-            if (self->qlen && bus_drain(self) < 0) {
-                Py_DECREF(row);
+        } else {
+            self->cur_bar = self->log_row = i;
+            int64_t t0 = 0;
+            const int sample = sampling && countdown == 0;
+            if (sampling)
+                countdown = sample ? every - 1 : countdown - 1;
+            if (sample)
+                t0 = ticks();
+            PyObject *row = PyLong_FromLongLong(i);
+            if (row == NULL)
                 goto fail;
-            }
+            const int rc = call_row(self, handlers, row);
+            Py_DECREF(row);
+            if (rc < 0)
+                goto fail;
+            if (sample &&
+                (buf_push(&self->rec->bar_rx, i) < 0 || buf_push(&self->rec->bar_rx, t0) < 0 ||
+                 buf_push(&self->rec->bar_rx, ticks()) < 0))
+                goto fail;
         }
-        Py_DECREF(row);
-        if (sample &&
-            (buf_push(&self->rec->bar_rx, i) < 0 || buf_push(&self->rec->bar_rx, t0) < 0 ||
-             buf_push(&self->rec->bar_rx, ticks()) < 0))
-            goto fail;
+        i = g1;
         if (limited && --check_left == 0) { /* rare path: see the comment above the function */
             const int64_t now = mono_ns();
-            if (now >= deadline || (max_events > 0 && (i + 1 - start) + (self->nonbar - nonbar0) >= max_events)) {
-                stop = i + 1;
+            if (now >= deadline || (max_events > 0 && (i - start) + (self->nonbar - nonbar0) >= max_events)) {
+                stop = i;
                 break;
             }
             check = now - last_check > quantum ? (check > 1 ? check / 2 : 1) : (check < 64 ? check * 2 : 64);
@@ -901,11 +1004,34 @@ static PyObject *Bus_run_bars(BusObject *self, PyObject *const *args, Py_ssize_t
             last_check = now;
         }
     }
+    Py_DECREF(pre);
+    Py_DECREF(decide);
     Py_DECREF(handlers);
     return PyLong_FromLongLong(stop);
 fail:
-    Py_DECREF(handlers);
+    Py_DECREF(pre);
+    Py_DECREF(decide);
+    Py_XDECREF(handlers);
     return NULL;
+}
+
+/* _set_bar_times(times or None): the bar time of each row (int64, C-contiguous), so that run_bars runs the
+ * rows of one time as a group; None: every row on its own (one symbol). */
+static PyObject *Bus_set_bar_times(BusObject *self, PyObject *arg) {
+    if (self->times.obj != NULL)
+        PyBuffer_Release(&self->times);
+    if (arg == Py_None)
+        Py_RETURN_NONE;
+    if (PyObject_GetBuffer(arg, &self->times, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    const char *f = self->times.format;
+    if (self->times.itemsize != 8 || f == NULL || (strcmp(f, "q") != 0 && strcmp(f, "l") != 0 && strcmp(f, "<q") != 0 &&
+                                                    strcmp(f, "<l") != 0 && strcmp(f, "=q") != 0)) {
+        PyErr_Format(PyExc_TypeError, "_set_bar_times: int64 values expected, got format %s", f ? f : "?");
+        PyBuffer_Release(&self->times);
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* _take_log() -> (common, payload, links, received, drain_ends, strings); starts a new log. The buffers
@@ -996,6 +1122,8 @@ static PyMethodDef Bus_methods[] = {
     {"run_bars", (PyCFunction)(void (*)(void))Bus_run_bars, METH_FASTCALL,
      "run_bars(start, stop, budget_ns=0, max_events=0) -> row: dispatch market-data rows [start, stop), stopping\n"
      "early (after a whole row) once budget_ns have passed or max_events were published; returns the row reached."},
+    {"_set_bar_times", (PyCFunction)Bus_set_bar_times, METH_O,
+     "_set_bar_times(times or None): group the rows of one bar time (two phases, see run_bars)."},
     {"_take_log", (PyCFunction)Bus_take_log, METH_NOARGS, "Hand over the recorded non-BAR events; start anew."},
     {"_take_bar_clocks", (PyCFunction)Bus_take_bar_clocks, METH_NOARGS,
      "Hand over the sampled BAR clocks (row, received, processed; flat int64 bytes)."},
@@ -1013,6 +1141,10 @@ static PyMemberDef Bus_members[] = {
      "monotonic ns when the current chunk of bars was emitted"},
     {"_subs", T_OBJECT, offsetof(BusObject, subs), READONLY, "handlers per event type value"},
     {"_bar_handlers", T_OBJECT, offsetof(BusObject, bar_handlers), READONLY, "bar handlers, in order"},
+    {"_decide_handlers", T_OBJECT, offsetof(BusObject, decide_handlers), READONLY,
+     "decision handlers, in order (after the bar handlers of every row of a bar time)"},
+    {"_log_row", T_LONGLONG, offsetof(BusObject, log_row), READONLY,
+     "last row whose BAR was dispatched (-1 before the first): rows dispatched - 1"},
     {NULL}};
 
 static PyGetSetDef Bus_getset[] = {

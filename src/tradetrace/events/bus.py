@@ -2,9 +2,13 @@
 
 Dispatch model (why it looks like this):
 - BARs are not queued. The bus walks market-data rows and calls the bar handlers in a fixed order
-  (execution, risk, classifiers, strategy); after each handler it drains the queue of events that
-  handler published. So a FILL at this bar's open has updated the portfolio before the strategy
-  sees the bar, which is backtrader's order of play.
+  (execution, risk, classifiers), then the decision handlers (the strategy); after each handler it
+  drains the queue of events that handler published. So a FILL at this bar's open has updated the
+  portfolio before the strategy sees the bar, which is backtrader's order of play. With several
+  symbols the rows of one bar time run as a group: bar handlers for every row, then decisions for
+  every row (backtrader advances every feed before `next`), so a decision sees all of this time's
+  fills whatever the symbols' order. Events are then recorded at the last dispatched row, which keeps
+  seq in publish order; a decision's cause is still the BAR of its own row.
 - Every other event is queued (FIFO) and dispatched to its subscribers in publish order.
 - Causation is automatic: the event being dispatched when `publish` is called is the cause. During
   a bar handler that is the BAR, whose seq is not yet known (BARs are recorded in bulk), so the
@@ -90,8 +94,19 @@ class TracedEventBus(BusCore):
 
     # -- wiring ----------------------------------------------------------------------------------
     def subscribe_bars(self, handler: BarHandler) -> None:
-        """Add a bar handler; handlers run in subscription order for every row."""
+        """Add a bar handler (fills, stops, classifiers); handlers run in subscription order for every row."""
         self._bar_handlers.append(handler)
+
+    def subscribe_decisions(self, handler: BarHandler) -> None:
+        """Add a decision handler (a strategy's `next`): it runs for a row once every row of that row's bar time
+        has been through the bar handlers (see `group_rows_by_time`), so a decision sees all of this time's
+        fills and closes whatever the symbols' order. With one symbol it simply runs after the bar handlers."""
+        self._decide_handlers.append(handler)
+
+    def group_rows_by_time(self, times: np.ndarray | None) -> None:
+        """Give the bar time of each row (int64, several symbols): `run_bars` then runs the rows of one time in
+        two phases, bar handlers for all of them, then decision handlers. None: each row on its own."""
+        self._set_bar_times(None if times is None else np.ascontiguousarray(times, dtype=np.int64))
 
     def subscribe(self, event_type: EventType, handler: EventHandler) -> None:
         if event_type == EventType.BAR:
@@ -102,6 +117,7 @@ class TracedEventBus(BusCore):
         """Drop every handler (the run is over): what they reference (a strategy's indicator arrays,
         hundreds of MB in a 10M-bar run) is freed before the run's metrics are built, not after."""
         self._bar_handlers.clear()
+        self._decide_handlers.clear()
         for handlers in self._subs:
             handlers.clear()
 
@@ -112,9 +128,15 @@ class TracedEventBus(BusCore):
     current_row = BusCore._cur_bar
 
     @property
+    def rows_dispatched(self) -> int:
+        """Rows whose BAR was dispatched. Not `current_row + 1`: a decision for an earlier row of the same
+        bar time runs after the later rows' BARs (see `group_rows_by_time`)."""
+        return self._log_row + 1
+
+    @property
     def published(self) -> int:
         """Events published so far (BARs included); the next seq."""
-        return self._cur_bar + 1 + self._nonbar
+        return self._log_row + 1 + self._nonbar
 
     def publish_start(self, source: str, payload: tuple) -> Event:
         """RUN_START: seq 0, no cause. Dispatched immediately."""
@@ -127,7 +149,7 @@ class TracedEventBus(BusCore):
     @property
     def counts(self) -> dict[str, int]:
         """Exact events published per type so far."""
-        out = {"BAR": self._cur_bar + 1} if self._cur_bar >= 0 else {}
+        out = {"BAR": self._log_row + 1} if self._log_row >= 0 else {}
         out.update({EventType(t).name: n for t, n in enumerate(self._type_counts()) if n})
         return out
 
@@ -140,7 +162,7 @@ class TracedEventBus(BusCore):
 
         Off the hot path (error messages): the BAR of row r follows the non-BAR events of earlier rows.
         """
-        if not self.traced or row < 0 or row > self._cur_bar:
+        if not self.traced or row < 0 or row > self._log_row:
             return None
         if row == self._flushed_rows - 1:
             return self._last_bar_seq

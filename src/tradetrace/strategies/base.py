@@ -20,9 +20,11 @@ class SmaCross(Strategy):
 
 `init()` computes indicators over each symbol's whole series, causally (value at i uses data up to
 i); `I()` returns them as a row-aligned list. `next(i)` runs for every market-data row in time
-order. A strategy decides a *target* per symbol (+1 long, -1 short, 0 flat) and says so with a
-SIGNAL; sizing, risk and execution are the other containers' jobs. Signals are decisions: emit one
-when the target changes, not on every bar.
+order, after that row's fills and stops; with several symbols, after every symbol's row of that bar
+time has had its fills and stops (the portfolio is the same whichever symbol decides first). A
+strategy decides a *target* per symbol (+1 long, -1 short, 0 flat) and says so with a SIGNAL;
+sizing, risk and execution are the other containers' jobs. Signals are decisions: emit one when the
+target changes, not on every bar.
 
 `targets` is what the strategy holds, as far as its decisions go. A stop-loss or take-profit closes a
 position without a SIGNAL; the strategy hears of it through the bus (the RISK_BREACH that closes it),
@@ -101,7 +103,7 @@ class Strategy:
         """Compute indicators (vectorized, causal)."""
 
     def next(self, i: int) -> None:
-        """Called for every market-data row `i`, in time order."""
+        """Called for every market-data row `i`, in time order, once the fills and stops of `i`'s bar time are in."""
         raise NotImplementedError
 
     def on_risk_exit(self, symbol: int, rule: str) -> None:
