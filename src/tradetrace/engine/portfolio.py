@@ -11,6 +11,7 @@ vectorized pass after the run (`equity_curve`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,24 +119,43 @@ class Portfolio:
         """
         if self._rows is None:
             return self._close[row]
+        return self._close_by(s, self._time_last(row))
+
+    def _time_last(self, row: int) -> int:
+        """Last row of `row`'s bar time: the bus knows it for the rows it is running (no search, per signal)."""
+        if row == self.bus.current_row:
+            return self.bus._time_last
         ts = self._ts
-        end = int(np.searchsorted(ts, ts[row], side="right"))  # rows of this time and before
+        return int(np.searchsorted(ts, ts[row], side="right")) - 1
+
+    def _close_by(self, s: int, last: int) -> float:
+        """Close of symbol s at its last row up to row `last` (several symbols)."""
         rows = self._rows[s]
-        k = int(np.searchsorted(rows, end, side="left")) - 1
+        k = int(np.searchsorted(rows, last, side="right")) - 1
         if k >= 0:
             return self._close[rows[k]]
         tr = self.open_trades.get(s)
         return tr.entry_price if tr else _NAN
 
+    def _pricer(self, row: int) -> Callable[[int], float]:
+        """s -> `last_price(s, row)`, with the bar time looked up once for all symbols (per signal and fill)."""
+        if self._rows is None:
+            close = self._close[row]
+            return lambda _s: close
+        last = self._time_last(row)
+        return lambda s: self._close_by(s, last)
+
     def equity_at(self, row: int) -> float:
+        px = self._pricer(row)
         eq = self.cash
         for s, q in enumerate(self.pos):
             if q:
-                eq += q * self.last_price(s, row)
+                eq += q * px(s)
         return eq
 
     def gross_at(self, row: int) -> float:
-        return sum(abs(q) * self.last_price(s, row) for s, q in enumerate(self.pos) if q)
+        px = self._pricer(row)
+        return sum(abs(q) * px(s) for s, q in enumerate(self.pos) if q)
 
     def _committed_gross(self, row: int) -> float:
         """Gross exposure of positions plus orders not yet filled, for the gross-exposure limit.
@@ -144,8 +164,9 @@ class Portfolio:
         still in flight, and a limit that ignored them let every symbol through (three 50% entries on one day
         under a 1.0 cap made 150%). `limit_order` also takes this symbol as held + in flight, so both agree.
         """
+        px = self._pricer(row)
         flight = self.in_flight
-        return sum(abs(q + flight[s]) * self.last_price(s, row) for s, q in enumerate(self.pos) if q + flight[s])
+        return sum(abs(q + flight[s]) * px(s) for s, q in enumerate(self.pos) if q + flight[s])
 
     # -- SIGNAL -> ORDER -------------------------------------------------------------------------
     def on_signal(self, ev: Event) -> None:

@@ -311,6 +311,7 @@ typedef struct {
     Py_ssize_t qlen, qcap;
     long long cur_bar, nonbar;
     long long log_row;      /* last row whose BAR was dispatched: the row events are recorded at (see run_bars) */
+    long long time_last;    /* last row of the bar time being run (cur_bar's time) */
     Rec *rec;               /* recording state, per-type schema and counts (allocated by Bus_new) */
     PyTypeObject *event_cls;
     PyObject *subs;         /* list of NTYPES lists of handlers */
@@ -422,6 +423,7 @@ static int Bus_init(BusObject *self, PyObject *args, PyObject *kwds) {
     self->bar_clock_every = every;
     self->cur_bar = -1;
     self->log_row = -1;
+    self->time_last = -1;
     self->nonbar = 0;
     return 0;
 }
@@ -858,6 +860,7 @@ static __attribute__((noinline)) int run_group(BusObject *self, PyObject *pre, P
                                                long long g1, long long *countdown, int sampling) {
     const long long every = self->bar_clock_every;
     const Py_ssize_t g = (Py_ssize_t)(g1 - g0);
+    self->time_last = g1 - 1;
     if (g > self->grp_cap) {
         int64_t *t0 = PyMem_Realloc(self->grp_t0, (size_t)g * sizeof(int64_t));
         if (t0 == NULL) {
@@ -973,7 +976,7 @@ static PyObject *Bus_run_bars(BusObject *self, PyObject *const *args, Py_ssize_t
             if (run_group(self, pre, decide, i, g1, &countdown, sampling) < 0)
                 goto fail;
         } else {
-            self->cur_bar = self->log_row = i;
+            self->cur_bar = self->log_row = self->time_last = i;
             int64_t t0 = 0;
             const int sample = sampling && countdown == 0;
             if (sampling)
@@ -1143,6 +1146,8 @@ static PyMemberDef Bus_members[] = {
     {"_bar_handlers", T_OBJECT, offsetof(BusObject, bar_handlers), READONLY, "bar handlers, in order"},
     {"_decide_handlers", T_OBJECT, offsetof(BusObject, decide_handlers), READONLY,
      "decision handlers, in order (after the bar handlers of every row of a bar time)"},
+    {"_time_last", T_LONGLONG, offsetof(BusObject, time_last), READONLY,
+     "last row of the bar time being run (several symbols: the rows of one time run as a group)"},
     {"_log_row", T_LONGLONG, offsetof(BusObject, log_row), READONLY,
      "last row whose BAR was dispatched (-1 before the first): rows dispatched - 1"},
     {NULL}};
