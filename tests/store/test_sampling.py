@@ -136,3 +136,21 @@ def test_an_event_the_sampling_dropped_is_named_as_such(store: EventStore) -> No
         store.trace(f"{res.run_id}:{res.event_count}")  # past the run's end: never existed
     r = CliRunner().invoke(app, ["trace", f"{res.run_id}:{gone}"])
     assert r.exit_code == 2 and "not kept by the run's sampling" in r.output
+
+
+def test_the_context_window_holds_across_writer_batches(store: EventStore) -> None:
+    """+-k events around every critical event are kept, also where the event lies within k of a batch edge: the
+    batch before it was written before this one existed, the batch after it did not exist yet. Small chunks make
+    many edges (a batch per 300 bars), and a critical event falls within k of some of them."""
+    k = 3
+    cfg = run_config(bars=30_000, chunk=300, sampling={"enabled": True, "context": k, "base_rate": 0.02})
+    res = tt.run_backtest(cfg)
+    tab = store.load_events(res.run_id)
+    kept = set(tab.column("seq").to_pylist())
+    critical = {"SIGNAL", "ORDER", "FILL", "POSITION_OPEN", "POSITION_CLOSE", "RUN_START", "RUN_END"}
+    crit = [s for s, t in zip(tab.column("seq").to_pylist(), tab.column("event_type").to_pylist(), strict=True)
+            if t in critical]
+    n = res.event_count
+    missing = sorted({s + d for s in crit for d in range(-k, k + 1) if 0 <= s + d < n} - kept)
+    assert not missing, f"{len(missing)} events of context windows dropped, e.g. seqs {missing[:5]}"
+    assert len(kept) < 0.5 * n  # still a real reduction

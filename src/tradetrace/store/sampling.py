@@ -4,11 +4,15 @@ The rule, applied to each batch before it is written:
 1. Always keep the critical types (SIGNAL, ORDER, FILL, POSITION_*, RISK_BREACH, REGIME_CHANGE, ERROR,
    RUN_START, RUN_END) and every ancestor of a kept event (causation and links), so every kept
    event's lineage is complete.
-2. Keep a context window of +-k events (by seq, i.e. publish order) around each critical event.
+2. Keep a context window of +-k events (by seq, i.e. publish order) around each critical event, across
+   batch edges too: a batch keeps its last k events (the next batch may open with a critical event, and
+   this one is written before that one exists), and the k events after the previous batch's last critical
+   event (`SamplerState` carries it from batch to batch).
 3. Sample the rest with a keep probability driven by market activity, not by list positions:
    p = base_rate * vol * (1 + 9 * near), clipped to [base_rate, 1], where `vol` is the bar's absolute
    return over the batch's median (clipped to [0.5, 10]) and `near` = exp(-dt / 5 min) for dt the
-   market time to the nearest critical event. The first BAR of every market day is kept (a time anchor).
+   market time to the nearest critical event known (this batch's, or the previous batch's last one).
+   The first BAR of every market day is kept (a time anchor).
 4. Every stored event carries `weight` = 1/(its probability of being kept): 1 for events kept by rules 1-2
    (and their ancestors, decided before any draw), p for a sampled one, and 1 - prod(1 - p) over a sampled
    event and its sampled descendants for one kept as their ancestor. Sums of weights estimate counts and
@@ -50,6 +54,14 @@ class Sampling:
             raise ValueError(f"sampling context must be >= 0, got {self.context}")
 
 
+@dataclass(slots=True)
+class SamplerState:
+    """What one batch's sampling leaves to the next of the same run: its last critical event (seq, market time)."""
+
+    last_critical_seq: int | None = None
+    last_critical_ts: int | None = None
+
+
 def _ints(table: pa.Table, name: str) -> np.ndarray:
     col = table.column(name)
     if pa.types.is_timestamp(col.type):
@@ -57,9 +69,12 @@ def _ints(table: pa.Table, name: str) -> np.ndarray:
     return col.fill_null(-1).to_numpy()
 
 
-def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None) -> dict[EventType, pa.Table]:
+def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None,
+           state: SamplerState | None = None) -> dict[EventType, pa.Table]:
     """The batch's tables thinned by the rule above, each with a float32 `weight` column. `market` (the rows
-    the batch was built from) gives BAR closes to a BAR table stored with market set references."""
+    the batch was built from) gives BAR closes to a BAR table stored with market set references. `state`: the
+    run's batches are sampled one after another with it (context windows across batch edges); None: this batch
+    alone (its edges are treated as any other events)."""
     types = list(tables)
     if not types:
         return tables
@@ -73,11 +88,20 @@ def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None)
 
     keep = crit.copy()
     crit_seq = np.sort(seq[crit])
+    prev_seq = prev_ts = None
+    if state is not None:
+        prev_seq, prev_ts = state.last_critical_seq, state.last_critical_ts
+        if len(crit_seq):
+            state.last_critical_seq, state.last_critical_ts = int(crit_seq[-1]), int(ts[crit].max())
     if len(crit_seq) and cfg.context:
         pos = np.searchsorted(crit_seq, seq)
         left = np.abs(seq - crit_seq[np.clip(pos - 1, 0, len(crit_seq) - 1)])
         right = np.abs(crit_seq[np.clip(pos, 0, len(crit_seq) - 1)] - seq)
         keep |= np.minimum(left, right) <= cfg.context
+    if state is not None and cfg.context:
+        if prev_seq is not None:  # after the previous batch's last critical event
+            keep |= seq - prev_seq <= cfg.context
+        keep[order[-cfg.context:]] = True  # before the next batch's first critical event
 
     parent, child = _edges(tables, types, owner, seq, cause, order, sorted_seq)
     p = np.ones(len(seq))
@@ -89,6 +113,8 @@ def sample(tables: dict[EventType, pa.Table], cfg: Sampling, market: Any = None)
             med = np.median(r[r > 0]) if (r > 0).any() else 1.0
             vol[owner == k] = np.clip(r / med, 0.5, 10.0)
         crit_ts = np.sort(ts[crit])
+        if prev_ts is not None:
+            crit_ts = np.concatenate([[prev_ts], crit_ts])
         if len(crit_ts):
             pos = np.searchsorted(crit_ts, ts)
             dt = np.minimum(np.abs(ts - crit_ts[np.clip(pos - 1, 0, len(crit_ts) - 1)]),

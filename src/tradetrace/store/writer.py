@@ -52,7 +52,7 @@ from tradetrace.events.recorder import EventBatch, MarketWindow, RunInfo, RunTot
 from tradetrace.events.types import EventType
 from tradetrace.store import codec, layout, service
 from tradetrace.store import market as market_sets
-from tradetrace.store.sampling import Sampling, sample
+from tradetrace.store.sampling import SamplerState, Sampling, sample
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -98,6 +98,7 @@ class SegmentWriter:
         self.compression = compression
         self.market = market
         self.sampling = sampling
+        self.sampler_state = SamplerState()  # the run's batches are sampled in order, each after the last
         self.segment = 0
         self.durable_hi = -1
         self.manifest_durable = False  # the engine creates it without syncing (see StoreRecorder.begin)
@@ -122,7 +123,7 @@ class SegmentWriter:
                 self.market_set = rows.key if isinstance(rows, MarketWindow) else market_sets.set_key(rows)
         tables = batch.tables(rows, self.market_set)
         if self.sampling is not None:
-            tables = sample(tables, self.sampling, rows)
+            tables = sample(tables, self.sampling, rows, self.sampler_state)
         for t, tab in tables.items():
             self.pending.setdefault(t, []).append(tab)
         if self.kept is not None:
