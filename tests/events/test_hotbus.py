@@ -216,3 +216,29 @@ def test_run_bars_stops_on_its_time_budget_when_rows_are_slow() -> None:
     bus.subscribe_bars(lambda i: time.sleep(0.002))
     reached = bus.run_bars(0, 500, 20_000_000)
     assert 1 <= reached < 500
+
+
+def test_grouped_rows_stop_only_between_bar_times_and_reject_a_split_group() -> None:
+    """Rows of one bar time run in two phases (several symbols): an event budget ends a call between times, never
+    inside one, and a range that starts or ends inside a time is refused (its rows would lose their order)."""
+    times = np.repeat(np.arange(300, dtype=np.int64), 3)  # 3 symbols, 300 times
+    bus = TracedEventBus("run", recorder=None)
+    bus.group_rows_by_time(times)
+    order = []
+    bus.subscribe_bars(lambda i: order.append(("bar", i)))
+    bus.subscribe_decisions(lambda i: (order.append(("decide", i)),
+                                       bus.publish(EventType.SIGNAL, "strategy", ("S", 1, 1.0, ""))))
+    bus.publish_start("engine", ("t", "t", "{}", "S"))
+    assert order[:6] == [] and bus.rows_dispatched == 0
+    row = 0
+    while row < 900:
+        row = bus.run_bars(row, 900, 0, 40)
+        assert row % 3 == 0 and bus.rows_dispatched == row
+    assert order[:6] == [("bar", 0), ("bar", 1), ("bar", 2), ("decide", 0), ("decide", 1), ("decide", 2)]
+    assert [i for k, i in order if k == "bar"] == [i for k, i in order if k == "decide"] == list(range(900))
+    with pytest.raises(ValueError, match="split the rows of one bar time"):
+        bus.run_bars(1, 6)
+    with pytest.raises(ValueError, match="split the rows of one bar time"):
+        bus.run_bars(0, 4)
+    with pytest.raises(ValueError, match="outside the 900 rows"):
+        bus.run_bars(0, 903)

@@ -938,7 +938,12 @@ static PyObject *Bus_run_bars(BusObject *self, PyObject *const *args, Py_ssize_t
     }
     const int64_t *times = (const int64_t *)self->times.buf;
     const long long ntimes = times != NULL ? (long long)(self->times.len / (Py_ssize_t)sizeof(int64_t)) : 0;
-    if (times != NULL && (start < 0 || stop > ntimes || (start > 0 && start < ntimes && times[start - 1] == times[start]) ||
+    if (times != NULL && (start < 0 || stop > ntimes)) {
+        PyErr_Format(PyExc_ValueError, "run_bars: rows [%lld, %lld) outside the %lld rows with bar times", start, stop,
+                     ntimes);
+        return NULL;
+    }
+    if (times != NULL && ((start > 0 && start < ntimes && times[start - 1] == times[start]) ||
                           (stop > start && stop < ntimes && times[stop - 1] == times[stop]))) {
         PyErr_Format(PyExc_ValueError, "run_bars: rows [%lld, %lld) split the rows of one bar time", start, stop);
         return NULL;
