@@ -835,18 +835,25 @@ static PyObject *Bus_drain(BusObject *self, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-/* Call each handler of `hs` for `row`, draining after any that published. -1 with the exception set. */
-static inline int call_row(BusObject *self, PyObject *hs, PyObject *row) {
+/* Call each handler of `hs` for row `i`, draining after any that published. -1 with the exception set. */
+static inline int call_row(BusObject *self, PyObject *hs, long long i) {
+    PyObject *row = PyLong_FromLongLong(i);
+    if (row == NULL)
+        return -1;
     const Py_ssize_t nh = PyTuple_GET_SIZE(hs);
-    for (Py_ssize_t j = 0; j < nh; j++) {
+    int rc = 0;
+    for (Py_ssize_t j = 0; j < nh && rc == 0; j++) {
         PyObject *r = PyObject_Vectorcall(PyTuple_GET_ITEM(hs, j), &row, 1, NULL);
         if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-        if (self->qlen && bus_drain(self) < 0)
-            return -1;
+            rc = -1;
+        else {
+            Py_DECREF(r);
+            if (self->qlen && bus_drain(self) < 0)
+                rc = -1;
+        }
     }
-    return 0;
+    Py_DECREF(row);
+    return rc;
 }
 
 /* Rows of one bar time, in two phases: every row through the bar handlers (fills at the open, stops,
@@ -879,22 +886,12 @@ static __attribute__((noinline)) int run_group(BusObject *self, PyObject *pre, P
         }
         self->grp_t0[i - g0] = t0;
         self->cur_bar = self->log_row = i;
-        PyObject *row = PyLong_FromLongLong(i);
-        if (row == NULL)
-            return -1;
-        const int rc = call_row(self, pre, row);
-        Py_DECREF(row);
-        if (rc < 0)
+        if (call_row(self, pre, i) < 0)
             return -1;
     }
     for (long long i = g0; i < g1; i++) {
         self->cur_bar = i;
-        PyObject *row = PyLong_FromLongLong(i);
-        if (row == NULL)
-            return -1;
-        const int rc = call_row(self, decide, row);
-        Py_DECREF(row);
-        if (rc < 0)
+        if (call_row(self, decide, i) < 0)
             return -1;
         const int64_t t0 = self->grp_t0[i - g0];
         if (t0 >= 0 && (buf_push(&self->rec->bar_rx, i) < 0 || buf_push(&self->rec->bar_rx, t0) < 0 ||
@@ -988,12 +985,7 @@ static PyObject *Bus_run_bars(BusObject *self, PyObject *const *args, Py_ssize_t
                 countdown = sample ? every - 1 : countdown - 1;
             if (sample)
                 t0 = ticks();
-            PyObject *row = PyLong_FromLongLong(i);
-            if (row == NULL)
-                goto fail;
-            const int rc = call_row(self, handlers, row);
-            Py_DECREF(row);
-            if (rc < 0)
+            if (call_row(self, handlers, i) < 0)
                 goto fail;
             if (sample &&
                 (buf_push(&self->rec->bar_rx, i) < 0 || buf_push(&self->rec->bar_rx, t0) < 0 ||
